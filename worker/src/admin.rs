@@ -1,0 +1,70 @@
+//! The admin port: liveness, readiness, Prometheus metrics and `/status`, which the
+//! operator reads on each pod to tell idle pods from busy ones when scaling down.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Metrics;
+
+/// The `/status` document (shared convention with the operator).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub in_flight: usize,
+    pub concurrency: usize,
+    pub draining: bool,
+}
+
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(prometheus))
+        .route("/status", get(status))
+        .with_state(metrics)
+}
+
+/// Serves until `shutdown` completes; keeps answering during the drain so the
+/// operator sees `draining: true` and the jobs still running.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.ready() {
+        (StatusCode::OK, "ready")
+    } else if metrics.draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "queue not reached yet")
+    }
+}
+
+async fn prometheus(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
+
+async fn status(State(metrics): State<Arc<Metrics>>) -> Json<Status> {
+    Json(Status {
+        in_flight: metrics.in_flight(),
+        concurrency: metrics.concurrency(),
+        draining: metrics.draining(),
+    })
+}

@@ -1,0 +1,296 @@
+//! The receive loop: at most `concurrency` jobs at once, and never a message in
+//! memory without a free slot to run it; then the drain on shutdown.
+//!
+//! Slots are semaphore permits taken *before* `ReceiveMessage`, which asks for
+//! `min(free slots, 10)` messages, so every received message starts at once and no
+//! visibility clock runs on a message that waits for a slot.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qwp_jobs::aws::AwsClients;
+use qwp_jobs::config::{Config, ConfigError};
+use tokio::sync::Semaphore;
+use tokio::task::{Id, JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::job::{self, JobContext, JobObserver, NoObserver};
+use crate::metrics::{Metrics, Outcome};
+use crate::processor::Processor;
+use crate::queue::{MAX_BATCH, Queue, Received};
+use crate::settings::Settings;
+use crate::storage::Storage;
+
+/// Longest pause between receive attempts while SQS is unreachable.
+const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct Worker {
+    queue: Queue,
+    storage: Storage,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    observer: Arc<dyn JobObserver>,
+}
+
+/// A message whose task has not settled it yet: what shutdown hands back.
+struct Unsettled {
+    receipt_handle: String,
+    receive_count: u32,
+}
+
+impl Worker {
+    pub fn new(
+        config: &Config,
+        settings: Settings,
+        clients: &AwsClients,
+        queue_url: String,
+    ) -> Result<Self, ConfigError> {
+        if config.sqs_visibility_timeout_seconds == 0 {
+            // With 0 every received message would be visible again at once.
+            return Err(ConfigError {
+                name: "SQS_VISIBILITY_TIMEOUT_SECONDS".into(),
+                value: "0".into(),
+                reason: "the worker needs at least 1 second to hold a message".into(),
+            });
+        }
+        let queue = Queue::new(
+            clients.sqs.clone(),
+            queue_url,
+            Duration::from_secs(config.sqs_wait_time_seconds.into()),
+            Duration::from_secs(config.sqs_visibility_timeout_seconds.into()),
+        );
+        let storage = Storage::new(
+            clients.s3.clone(),
+            config.s3_in_bucket.clone(),
+            config.s3_out_bucket.clone(),
+            config.max_file_bytes(),
+        );
+        Ok(Worker {
+            queue,
+            storage,
+            metrics: Arc::new(Metrics::new(settings.concurrency)),
+            settings,
+            observer: Arc::new(NoObserver),
+        })
+    }
+
+    /// Replaces the (no-op) observer; tests and the benchmark count jobs with it.
+    pub fn with_observer(mut self, observer: Arc<dyn JobObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Metrics and the `/status` numbers; share with [`crate::admin::router`].
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Consumes until `shutdown` is cancelled, then drains: in-flight jobs get
+    /// `WORKER_DRAIN_SECONDS` to finish, the rest are handed back (visibility 0).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let processor = Processor::new(self.settings.processor.clone());
+        info!(
+            concurrency = self.settings.concurrency,
+            processor = processor.kind(),
+            queue = self.queue.url(),
+            visibility_s = self.queue.visibility().as_secs(),
+            "worker started"
+        );
+        let ctx = Arc::new(JobContext {
+            queue: self.queue,
+            storage: self.storage,
+            processor,
+            settings: self.settings,
+            metrics: self.metrics,
+            observer: self.observer,
+        });
+        let drain_expired = CancellationToken::new();
+        let drain_clock = tokio::spawn({
+            let (shutdown, drain_expired, ctx) =
+                (shutdown.clone(), drain_expired.clone(), ctx.clone());
+            async move {
+                shutdown.cancelled().await;
+                ctx.metrics.set_draining();
+                info!(
+                    in_flight = ctx.metrics.in_flight(),
+                    drain_s = ctx.settings.drain.as_secs(),
+                    "shutdown: no new jobs; draining"
+                );
+                tokio::time::sleep(ctx.settings.drain).await;
+                drain_expired.cancel();
+            }
+        });
+
+        let mut tasks = Tasks::default();
+        receive_loop(&ctx, &mut tasks, &shutdown, &drain_expired).await;
+        tasks.drain(&ctx, &drain_expired).await;
+        drain_clock.abort();
+        info!("worker stopped");
+    }
+}
+
+async fn receive_loop(
+    ctx: &Arc<JobContext>,
+    tasks: &mut Tasks,
+    shutdown: &CancellationToken,
+    drain_expired: &CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    let mut receive_failures = 0u32;
+    loop {
+        let first_slot = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            Some(finished) = tasks.set.join_next_with_id() => {
+                tasks.settle(ctx, finished).await;
+                continue;
+            }
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let mut slots_held = vec![first_slot];
+        while slots_held.len() < MAX_BATCH {
+            match slots.clone().try_acquire_owned() {
+                Ok(slot) => slots_held.push(slot),
+                Err(_) => break,
+            }
+        }
+
+        // A long poll already under way is allowed to finish (at most
+        // SQS_WAIT_TIME_SECONDS) so that what it returns can be handed back at once
+        // instead of staying invisible; only the drain deadline cuts it short.
+        let received = tokio::select! {
+            received = ctx.queue.receive(slots_held.len()) => received,
+            _ = drain_expired.cancelled() => return,
+        };
+        let messages = match received {
+            Ok(messages) => {
+                receive_failures = 0;
+                ctx.metrics.set_ready();
+                messages
+            }
+            Err(err) => {
+                ctx.metrics.receive_error();
+                receive_failures += 1;
+                let pause =
+                    Duration::from_secs(1 << receive_failures.min(5)).min(MAX_RECEIVE_BACKOFF);
+                warn!(error = %err, retry_in_s = pause.as_secs(), "receive failed");
+                drop(slots_held);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => continue,
+                }
+            }
+        };
+        if messages.is_empty() {
+            ctx.metrics.empty_receive();
+            continue;
+        }
+        if shutdown.is_cancelled() {
+            let handles: Vec<String> = messages.into_iter().map(|m| m.receipt_handle).collect();
+            let released = ctx.queue.release(&handles).await;
+            info!(
+                received = handles.len(),
+                released, "shutdown during a receive: handed its messages back"
+            );
+            ctx.metrics.jobs_released(released);
+            return;
+        }
+        let mut slots_held = slots_held.into_iter();
+        for msg in messages {
+            match slots_held.next() {
+                Some(slot) => tasks.spawn(ctx, msg, slot),
+                None => {
+                    // SQS never returns more than asked; if it did, do not sit on it.
+                    ctx.queue
+                        .release(std::slice::from_ref(&msg.receipt_handle))
+                        .await;
+                }
+            }
+        }
+        // Slots left over (fewer messages than asked) return to the semaphore here.
+    }
+}
+
+/// The running job tasks, and the receipt of each so shutdown can hand it back.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<Outcome>,
+    unsettled: HashMap<Id, Unsettled>,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        ctx: &Arc<JobContext>,
+        msg: Received,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let unsettled = Unsettled {
+            receipt_handle: msg.receipt_handle.clone(),
+            receive_count: msg.receive_count,
+        };
+        let handle = self.set.spawn(job::handle(ctx.clone(), msg, slot));
+        self.unsettled.insert(handle.id(), unsettled);
+    }
+
+    /// A finished task settled its message itself; a panicked one did not, so its
+    /// message goes back with the usual backoff.
+    async fn settle(&mut self, ctx: &JobContext, finished: Result<(Id, Outcome), JoinError>) {
+        match finished {
+            Ok((id, _)) => {
+                self.unsettled.remove(&id);
+            }
+            Err(err) => {
+                let Some(msg) = self.unsettled.remove(&err.id()) else {
+                    return;
+                };
+                if err.is_panic() {
+                    let delay = ctx.settings.retry_delay(msg.receive_count);
+                    error!(error = %err, retry_in_s = delay.as_secs(), "job task panicked; returning its message");
+                    let _ = ctx.queue.hide_for(&msg.receipt_handle, delay).await;
+                    ctx.metrics.job(Outcome::Retried);
+                } else {
+                    // Cancelled: only the drain aborts tasks, and it collects these itself.
+                    self.unsettled.insert(err.id(), msg);
+                }
+            }
+        }
+    }
+
+    /// Waits for running jobs until the drain deadline, aborts the rest and hands
+    /// their messages back so another pod takes them at once.
+    async fn drain(mut self, ctx: &JobContext, drain_expired: &CancellationToken) {
+        let mut aborted = false;
+        loop {
+            tokio::select! {
+                biased;
+                finished = self.set.join_next_with_id() => match finished {
+                    None => break,
+                    Some(finished) => self.settle(ctx, finished).await,
+                },
+                _ = drain_expired.cancelled(), if !aborted => {
+                    warn!(unfinished = self.set.len(), "drain time is up; stopping unfinished jobs");
+                    self.set.abort_all();
+                    aborted = true;
+                }
+            }
+        }
+        if self.unsettled.is_empty() {
+            info!("drained: every job finished");
+            return;
+        }
+        let handles: Vec<String> = self
+            .unsettled
+            .into_values()
+            .map(|m| m.receipt_handle)
+            .collect();
+        let released = ctx.queue.release(&handles).await;
+        ctx.metrics.jobs_released(released);
+        info!(
+            unfinished = handles.len(),
+            released, "handed unfinished jobs back to the queue"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The worker's own settings (`WORKER_*`, `SQS_DLQ_URL`), read with the shared
+//! [`Vars`] so a bad value stops the process at start with the variable's name.
+
+use std::time::Duration;
+
+use qwp_jobs::config::{ConfigError, Vars};
+
+/// How long the `sleep` processor pretends to work: fixed, or uniformly random in a range.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SleepDuration {
+    Fixed(Duration),
+    Between(Duration, Duration),
+}
+
+impl SleepDuration {
+    /// `3`, `0.25` or a range `1-5` (seconds, inclusive).
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let seconds = |part: &str| -> Result<Duration, String> {
+            let value: f64 = part
+                .trim()
+                .parse()
+                .map_err(|_| format!("{part:?} is not a number of seconds"))?;
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|d| *d <= Duration::from_secs(12 * 3600))
+                .ok_or_else(|| format!("{part:?} must be between 0 and 43200 seconds"))
+        };
+        match raw.split_once('-') {
+            None => Ok(SleepDuration::Fixed(seconds(raw)?)),
+            Some((low, high)) => {
+                let (low, high) = (seconds(low)?, seconds(high)?);
+                if low > high {
+                    return Err("the range's lower bound is above its upper bound".into());
+                }
+                Ok(SleepDuration::Between(low, high))
+            }
+        }
+    }
+}
+
+/// Which processor runs a job, with its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProcessorSettings {
+    /// Simulated external work (seed 002/004's 3 s payment step).
+    Sleep(SleepDuration),
+    /// Size and SHA-256 of the input.
+    Checksum,
+    /// A program run on the input file; `{input}` in the arguments is replaced by the
+    /// file's path, otherwise the path is appended as the last argument.
+    Command {
+        argv: Vec<String>,
+        timeout: Duration,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// Jobs in processing at once in this process (`WORKER_CONCURRENCY`).
+    pub concurrency: usize,
+    pub processor: ProcessorSettings,
+    /// After SIGTERM, how long in-flight jobs may run before they are handed back.
+    pub drain: Duration,
+    pub admin_port: u16,
+    /// Where poison pills go; unset means they are deleted.
+    pub dlq_url: Option<String>,
+    /// First delay before a job that failed transiently is retried; doubles per receive.
+    pub retry_base: Duration,
+    /// Cap of that delay.
+    pub retry_max: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            concurrency: 1,
+            processor: ProcessorSettings::Checksum,
+            drain: Duration::from_secs(25),
+            admin_port: 9090,
+            dlq_url: None,
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(&Vars::process())
+    }
+
+    pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
+        let defaults = Settings::default();
+        let processor = match vars.string("WORKER_PROCESSOR", "checksum").trim() {
+            "sleep" => ProcessorSettings::Sleep(vars.parse_with(
+                "WORKER_SLEEP_SECONDS",
+                SleepDuration::Fixed(Duration::from_secs(3)),
+                SleepDuration::parse,
+            )?),
+            "checksum" => ProcessorSettings::Checksum,
+            "command" => {
+                let argv = vars.parse_with("WORKER_COMMAND", Vec::new(), |raw| {
+                    shell_words::split(raw).map_err(|e| format!("cannot split into words: {e}"))
+                })?;
+                if argv.is_empty() {
+                    return Err(ConfigError {
+                        name: "WORKER_COMMAND".into(),
+                        value: String::new(),
+                        reason: "must name a program when WORKER_PROCESSOR=command".into(),
+                    });
+                }
+                let timeout = vars.parse_in("WORKER_COMMAND_TIMEOUT_SECONDS", 60, 1..=43_200)?;
+                ProcessorSettings::Command {
+                    argv,
+                    timeout: Duration::from_secs(timeout),
+                }
+            }
+            other => {
+                return Err(ConfigError {
+                    name: "WORKER_PROCESSOR".into(),
+                    value: other.into(),
+                    reason: "must be one of sleep, checksum, command".into(),
+                });
+            }
+        };
+        let retry_base = vars.parse_in("WORKER_RETRY_BASE_SECONDS", 5, 0..=43_200)?;
+        let retry_max = vars.parse_in("WORKER_RETRY_MAX_SECONDS", 300, 0..=43_200)?;
+        if retry_base > retry_max {
+            return Err(ConfigError {
+                name: "WORKER_RETRY_BASE_SECONDS".into(),
+                value: retry_base.to_string(),
+                reason: format!("must not exceed WORKER_RETRY_MAX_SECONDS ({retry_max})"),
+            });
+        }
+        Ok(Settings {
+            concurrency: vars.parse_in("WORKER_CONCURRENCY", defaults.concurrency, 1..=1000)?,
+            processor,
+            drain: Duration::from_secs(vars.parse_in("WORKER_DRAIN_SECONDS", 25, 0..=3600)?),
+            admin_port: vars.parse("WORKER_ADMIN_PORT", defaults.admin_port)?,
+            dlq_url: vars.optional("SQS_DLQ_URL"),
+            retry_base: Duration::from_secs(retry_base),
+            retry_max: Duration::from_secs(retry_max),
+        })
+    }
+
+    /// How long a message stays invisible before the `receive_count`-th retry:
+    /// `retry_base * 2^(receive_count - 1)`, capped at `retry_max`.
+    pub fn retry_delay(&self, receive_count: u32) -> Duration {
+        let doublings = receive_count.saturating_sub(1).min(30);
+        self.retry_base
+            .saturating_mul(1u32 << doublings)
+            .min(self.retry_max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_vars(&Vars::new(move |k| map.get(k).cloned()))
+    }
+
+    #[test]
+    fn defaults_match_the_conventions() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s, Settings::default());
+        assert_eq!(s.concurrency, 1);
+        assert_eq!(s.processor, ProcessorSettings::Checksum);
+        assert_eq!(s.drain, Duration::from_secs(25));
+        assert_eq!(s.admin_port, 9090);
+    }
+
+    #[test]
+    fn sleep_takes_a_fixed_value_or_a_range() {
+        let s = settings(&[
+            ("WORKER_PROCESSOR", "sleep"),
+            ("WORKER_SLEEP_SECONDS", "1-5"),
+        ]);
+        assert_eq!(
+            s.unwrap().processor,
+            ProcessorSettings::Sleep(SleepDuration::Between(
+                Duration::from_secs(1),
+                Duration::from_secs(5)
+            ))
+        );
+        let s = settings(&[
+            ("WORKER_PROCESSOR", "sleep"),
+            ("WORKER_SLEEP_SECONDS", "0.25"),
+        ]);
+        assert_eq!(
+            s.unwrap().processor,
+            ProcessorSettings::Sleep(SleepDuration::Fixed(Duration::from_millis(250)))
+        );
+        for bad in ["abc", "5-1", "-3", "1-", "1e9", "NaN"] {
+            let err = settings(&[("WORKER_PROCESSOR", "sleep"), ("WORKER_SLEEP_SECONDS", bad)])
+                .unwrap_err();
+            assert_eq!(err.name, "WORKER_SLEEP_SECONDS", "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn command_is_split_like_a_shell_and_required() {
+        let s = settings(&[
+            ("WORKER_PROCESSOR", "command"),
+            ("WORKER_COMMAND", "python3 'my script.py' --in {input}"),
+            ("WORKER_COMMAND_TIMEOUT_SECONDS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.processor,
+            ProcessorSettings::Command {
+                argv: vec![
+                    "python3".into(),
+                    "my script.py".into(),
+                    "--in".into(),
+                    "{input}".into()
+                ],
+                timeout: Duration::from_secs(7),
+            }
+        );
+        let err = settings(&[("WORKER_PROCESSOR", "command")]).unwrap_err();
+        assert_eq!(err.name, "WORKER_COMMAND");
+        let err =
+            settings(&[("WORKER_PROCESSOR", "command"), ("WORKER_COMMAND", "a 'b")]).unwrap_err();
+        assert_eq!(err.name, "WORKER_COMMAND");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("WORKER_PROCESSOR", "gpu"),
+            ("WORKER_CONCURRENCY", "0"),
+            ("WORKER_CONCURRENCY", "many"),
+            ("WORKER_DRAIN_SECONDS", "-1"),
+            ("WORKER_ADMIN_PORT", "70000"),
+            ("WORKER_RETRY_BASE_SECONDS", "600"),
+        ] {
+            let err = settings(&[(name, value)]).unwrap_err();
+            assert_eq!(err.name, name, "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn retry_delay_doubles_per_receive_and_is_capped() {
+        let s = Settings {
+            retry_base: Duration::from_secs(2),
+            retry_max: Duration::from_secs(20),
+            ..Settings::default()
+        };
+        let delays: Vec<u64> = (0..7).map(|n| s.retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [2, 2, 4, 8, 16, 20, 20]);
+        assert_eq!(s.retry_delay(u32::MAX), Duration::from_secs(20));
+    }
+}
