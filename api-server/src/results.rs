@@ -1,0 +1,173 @@
+//! Waiting for results without flooding S3.
+//!
+//! Each job id being waited for has at most one poller task in this process. Every
+//! request waiting for that job subscribes to the poller's `watch` channel, so N waiters
+//! for one job cost one stream of S3 reads. The poller backs off (doubling from
+//! `RESULT_POLL_INITIAL_MS` to `RESULT_POLL_MAX_MS`, with jitter so pollers started
+//! together spread out) and every S3 read takes a permit from one semaphore, so however
+//! many jobs are awaited, at most `RESULT_POLL_CONCURRENCY` reads are in flight.
+//! A poller stops as soon as the result is there or nobody is listening any more.
+//! There is no shared response queue (seed 001: it mismatches results under load);
+//! every poller reads only its own job's key.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qwp_jobs::{JobId, JobResult};
+use rand::Rng;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::{FetchError, JobStore};
+
+/// What a waiter learns.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    Pending,
+    Ready(Arc<JobResult>),
+    /// A result document exists but is not one (a worker bug); waiting longer won't help.
+    Unreadable,
+}
+
+impl Lookup {
+    fn is_final(&self) -> bool {
+        !matches!(self, Lookup::Pending)
+    }
+}
+
+pub struct ResultWaiter {
+    store: JobStore,
+    metrics: Arc<Metrics>,
+    poll_permits: Semaphore,
+    initial_delay: Duration,
+    max_delay: Duration,
+    pollers: Mutex<HashMap<JobId, Arc<watch::Sender<Lookup>>>>,
+}
+
+impl ResultWaiter {
+    pub fn new(
+        store: JobStore,
+        metrics: Arc<Metrics>,
+        concurrency: usize,
+        initial_delay: Duration,
+        max_delay: Duration,
+    ) -> Self {
+        ResultWaiter {
+            store,
+            metrics,
+            poll_permits: Semaphore::new(concurrency),
+            initial_delay,
+            max_delay,
+            pollers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits up to `timeout` for the job's result. Returns `Pending` on timeout or when
+    /// `shutdown` fires (so a draining server answers 202 at once instead of holding
+    /// the client until the grace period ends).
+    pub async fn wait(
+        self: &Arc<Self>,
+        job_id: JobId,
+        timeout: Duration,
+        shutdown: &CancellationToken,
+    ) -> Lookup {
+        if timeout.is_zero() {
+            return Lookup::Pending;
+        }
+        let mut receiver = self.subscribe(job_id);
+        let outcome = tokio::select! {
+            found = tokio::time::timeout(timeout, receiver.wait_for(Lookup::is_final)) => match found {
+                Ok(Ok(lookup)) => lookup.clone(),
+                // Timed out, or the poller vanished (it only stops when it has an
+                // answer or no subscribers, so this is defensive).
+                _ => Lookup::Pending,
+            },
+            _ = shutdown.cancelled() => Lookup::Pending,
+        };
+        outcome
+    }
+
+    /// Number of jobs being polled right now.
+    pub fn active_pollers(&self) -> usize {
+        self.pollers.lock().expect("pollers lock").len()
+    }
+
+    fn subscribe(self: &Arc<Self>, job_id: JobId) -> watch::Receiver<Lookup> {
+        let mut pollers = self.pollers.lock().expect("pollers lock");
+        if let Some(sender) = pollers.get(&job_id) {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = watch::channel(Lookup::Pending);
+        let sender = Arc::new(sender);
+        pollers.insert(job_id, sender.clone());
+        self.metrics.active_pollers.inc();
+        let waiter = Arc::clone(self);
+        tokio::spawn(async move { waiter.poll(job_id, sender).await });
+        receiver
+    }
+
+    async fn poll(self: Arc<Self>, job_id: JobId, sender: Arc<watch::Sender<Lookup>>) {
+        let mut delay = self.initial_delay;
+        loop {
+            tokio::time::sleep(jittered(delay)).await;
+            if self.retire_if_unwatched(&job_id, &sender) {
+                return;
+            }
+            let fetched = {
+                let _permit = self.poll_permits.acquire().await.expect("semaphore never closed");
+                self.metrics.result_polls.inc();
+                self.store.fetch_result(&job_id).await
+            };
+            let found = match fetched {
+                Ok(Some(result)) => Some(Lookup::Ready(Arc::new(result))),
+                Ok(None) => None,
+                Err(FetchError::Unreadable { reason, .. }) => {
+                    tracing::error!(%job_id, %reason, "result document is malformed");
+                    Some(Lookup::Unreadable)
+                }
+                Err(FetchError::Unavailable(err)) => {
+                    tracing::warn!(%job_id, error = %err, "result poll failed; backing off");
+                    None
+                }
+            };
+            if let Some(lookup) = found {
+                // Remove first: a waiter arriving after this starts a fresh poller that
+                // finds the result on its first read.
+                self.remove(&job_id, &sender);
+                sender.send_replace(lookup);
+                return;
+            }
+            delay = (delay * 2).min(self.max_delay);
+        }
+    }
+
+    /// Stops the poller when no request waits any more. Checked under the map lock, which
+    /// `subscribe` also holds, so a waiter cannot subscribe to a poller that is leaving.
+    fn retire_if_unwatched(&self, job_id: &JobId, sender: &Arc<watch::Sender<Lookup>>) -> bool {
+        let mut pollers = self.pollers.lock().expect("pollers lock");
+        if sender.receiver_count() > 0 {
+            return false;
+        }
+        if pollers.get(job_id).is_some_and(|s| Arc::ptr_eq(s, sender)) {
+            pollers.remove(job_id);
+            self.metrics.active_pollers.dec();
+        }
+        true
+    }
+
+    fn remove(&self, job_id: &JobId, sender: &Arc<watch::Sender<Lookup>>) {
+        let mut pollers = self.pollers.lock().expect("pollers lock");
+        if pollers.get(job_id).is_some_and(|s| Arc::ptr_eq(s, sender)) {
+            pollers.remove(job_id);
+            self.metrics.active_pollers.dec();
+        }
+    }
+}
+
+/// ±20 % so pollers started in the same instant do not poll in lockstep.
+fn jittered(delay: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.8..1.2);
+    delay.mul_f64(factor)
+}

@@ -1,0 +1,115 @@
+//! Reading jobs back: `GET /status/{job_id}` (seed 001) and `GET /jobs/{job_id}`, plus
+//! the health and readiness probes.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use qwp_jobs::{JobId, JobIdError};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::errors::ApiError;
+use crate::store::FetchError;
+use crate::submit::{parse_query, respond, wait_duration};
+
+#[derive(Debug, Default, Deserialize)]
+struct StatusQuery {
+    wait: Option<String>,
+}
+
+pub async fn status_seed(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    job_status(state, path, &uri, "/status").await
+}
+
+pub async fn status_job(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    job_status(state, path, &uri, "/jobs").await
+}
+
+/// 200 with the result, 202 while the job is known but unfinished, 404 for a job that
+/// was never submitted. `?wait=SECONDS` turns the 202 into a long poll.
+async fn job_status(
+    state: AppState,
+    path: Result<Path<String>, PathRejection>,
+    uri: &Uri,
+    poll_base: &str,
+) -> Result<Response, ApiError> {
+    let raw = path.map(|p| p.0).map_err(|_| JobIdError("(not UTF-8)".into()))?;
+    let job_id: JobId = raw.parse()?;
+    let query: StatusQuery = parse_query(uri)?;
+    let wait = wait_duration(query.wait.as_deref(), Duration::ZERO, state.settings.max_wait())?;
+
+    if let Some(response) = result_response(&state, &job_id).await? {
+        return Ok(response);
+    }
+    let submitted = state.store.input_exists(&job_id).await.map_err(|err| {
+        tracing::error!(%job_id, error = %err, "checking for the job's input failed");
+        ApiError::StorageUnavailable
+    })?;
+    if !submitted {
+        // The result may have landed (and the input been cleaned up) between the reads.
+        return match result_response(&state, &job_id).await? {
+            Some(response) => Ok(response),
+            None => Err(ApiError::JobNotFound(job_id)),
+        };
+    }
+    respond(&state, job_id, wait, poll_base).await
+}
+
+async fn result_response(state: &AppState, job_id: &JobId) -> Result<Option<Response>, ApiError> {
+    match state.store.fetch_result(job_id).await {
+        Ok(Some(result)) => Ok(Some((StatusCode::OK, Json(result)).into_response())),
+        Ok(None) => Ok(None),
+        Err(FetchError::Unreadable { reason, .. }) => {
+            tracing::error!(%job_id, %reason, "result document is malformed");
+            Err(ApiError::ResultUnreadable(*job_id))
+        }
+        Err(FetchError::Unavailable(err)) => {
+            tracing::error!(%job_id, error = %err, "reading the result failed");
+            Err(ApiError::StorageUnavailable)
+        }
+    }
+}
+
+/// Liveness (seed 001): the process answers.
+pub async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: S3 buckets and the SQS queue answer, and the server is not draining.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
+    }
+    let mut checks = Map::new();
+    let mut ready = true;
+    for (name, result) in state.store.check_ready().await {
+        let verdict = match result {
+            Ok(()) => "ok",
+            Err(err) => {
+                tracing::warn!(check = name, error = %err, "readiness check failed");
+                ready = false;
+                "unavailable"
+            }
+        };
+        checks.insert(name.to_string(), Value::from(verdict));
+    }
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    (status, Json(json!({ "status": word, "checks": checks }))).into_response()
+}

@@ -1,0 +1,230 @@
+//! The server's side of the job pipeline on AWS: input objects in the input bucket,
+//! messages on the request queue, result documents in the output bucket.
+//! Errors carry the SDK's full context for the log; callers turn them into a plain 503.
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use qwp_jobs::aws::AwsClients;
+use qwp_jobs::{Config, JobId, JobMessage, JobResult, keys};
+use std::sync::Arc;
+use tokio::sync::OnceCell;
+
+/// Result documents larger than this are not a worker's honest output; refuse to load them.
+const MAX_RESULT_BYTES: i64 = 16 * 1024 * 1024;
+
+/// An AWS call failed; the message is for logs only.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+impl StoreError {
+    fn from_sdk<E, R>(context: &str, err: SdkError<E, R>) -> Self
+    where
+        E: std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        StoreError(format!("{context}: {}", DisplayErrorContext(err)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0}")]
+    Unavailable(StoreError),
+    #[error("result document of job {job_id} is unreadable: {reason}")]
+    Unreadable { job_id: JobId, reason: String },
+}
+
+#[derive(Clone)]
+pub struct JobStore {
+    pub(crate) clients: AwsClients,
+    config: Arc<Config>,
+    /// Resolved on first use, so the server starts (and reports not-ready) while SQS is down.
+    queue_url: Arc<OnceCell<String>>,
+}
+
+impl JobStore {
+    pub fn new(config: Config, clients: AwsClients) -> Self {
+        JobStore {
+            clients,
+            config: Arc::new(config),
+            queue_url: Arc::new(OnceCell::new()),
+        }
+    }
+
+    pub fn input_bucket(&self) -> &str {
+        &self.config.s3_in_bucket
+    }
+
+    pub fn output_bucket(&self) -> &str {
+        &self.config.s3_out_bucket
+    }
+
+    pub fn s3(&self) -> &aws_sdk_s3::Client {
+        &self.clients.s3
+    }
+
+    pub async fn put_input(&self, message: &JobMessage, bytes: Bytes) -> Result<(), StoreError> {
+        self.clients
+            .s3
+            .put_object()
+            .bucket(self.input_bucket())
+            .key(message.input_key())
+            .content_length(bytes.len() as i64)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| StoreError::from_sdk("PutObject input", e))?;
+        Ok(())
+    }
+
+    pub async fn delete_input(&self, message: &JobMessage) -> Result<(), StoreError> {
+        self.clients
+            .s3
+            .delete_object()
+            .bucket(self.input_bucket())
+            .key(message.input_key())
+            .send()
+            .await
+            .map_err(|e| StoreError::from_sdk("DeleteObject input", e))?;
+        Ok(())
+    }
+
+    async fn queue_url(&self) -> Result<&str, StoreError> {
+        self.queue_url
+            .get_or_try_init(|| async {
+                self.clients
+                    .request_queue_url(&self.config)
+                    .await
+                    .map_err(|e| StoreError(format!("GetQueueUrl: {}", DisplayErrorContext(e))))
+            })
+            .await
+            .map(String::as_str)
+    }
+
+    pub async fn send_message(&self, message: &JobMessage) -> Result<(), StoreError> {
+        let url = self.queue_url().await?;
+        self.clients
+            .sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(message.encode())
+            .send()
+            .await
+            .map_err(|e| StoreError(format!("SendMessage: {}", DisplayErrorContext(e))))?;
+        Ok(())
+    }
+
+    /// One read of the job's result document: `None` while there is none.
+    pub async fn fetch_result(&self, job_id: &JobId) -> Result<Option<JobResult>, FetchError> {
+        let response = self
+            .clients
+            .s3
+            .get_object()
+            .bucket(self.output_bucket())
+            .key(keys::output_key(job_id))
+            .send()
+            .await;
+        let object = match response {
+            Ok(object) => object,
+            Err(err) if is_not_found(&err) => return Ok(None),
+            Err(err) => {
+                return Err(FetchError::Unavailable(StoreError::from_sdk("GetObject result", err)));
+            }
+        };
+        let unreadable = |reason: String| FetchError::Unreadable {
+            job_id: *job_id,
+            reason,
+        };
+        if object.content_length.unwrap_or(0) > MAX_RESULT_BYTES {
+            return Err(unreadable(format!(
+                "{} bytes is over the {MAX_RESULT_BYTES}-byte limit",
+                object.content_length.unwrap_or(0)
+            )));
+        }
+        let bytes = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| FetchError::Unavailable(StoreError(format!("reading result body: {e}"))))?
+            .into_bytes();
+        JobResult::from_json_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| unreadable(e.to_string()))
+    }
+
+    /// Whether the job was ever submitted: its input object `{job_id}_*` exists.
+    pub async fn input_exists(&self, job_id: &JobId) -> Result<bool, StoreError> {
+        let listing = self
+            .clients
+            .s3
+            .list_objects_v2()
+            .bucket(self.input_bucket())
+            .prefix(format!("{job_id}_"))
+            .max_keys(1)
+            .send()
+            .await
+            .map_err(|e| StoreError::from_sdk("ListObjectsV2 input", e))?;
+        Ok(listing.key_count.unwrap_or(0) > 0 || !listing.contents().is_empty())
+    }
+
+    /// Readiness: both buckets and the queue answer.
+    pub async fn check_ready(&self) -> Vec<(&'static str, Result<(), StoreError>)> {
+        let bucket = |name: String, label: &'static str| async move {
+            let result = self
+                .clients
+                .s3
+                .head_bucket()
+                .bucket(name)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::from_sdk("HeadBucket", e));
+            (label, result)
+        };
+        let queue = async {
+            let result = async {
+                let url = self.queue_url().await?;
+                self.clients
+                    .sqs
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| StoreError(format!("GetQueueAttributes: {}", DisplayErrorContext(e))))
+            }
+            .await;
+            ("request_queue", result)
+        };
+        let (input, output, queue) = tokio::join!(
+            bucket(self.config.s3_in_bucket.clone(), "input_bucket"),
+            bucket(self.config.s3_out_bucket.clone(), "output_bucket"),
+            queue
+        );
+        vec![input, output, queue]
+    }
+}
+
+/// `NoSuchKey`, or a bare 404 (S3 sends no error code for some misses).
+pub(crate) fn is_not_found<E>(err: &SdkError<E, HttpResponse>) -> bool
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            service.err().code() == Some("NoSuchKey") || status_of(err) == Some(404)
+        }
+        _ => false,
+    }
+}
+
+pub(crate) fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
+    match err {
+        SdkError::ServiceError(_) => err.raw_response().map(|r| r.status().as_u16()),
+        _ => None,
+    }
+}
