@@ -1,0 +1,49 @@
+# qwp: the QueueWorkerPool operator, its API server and worker.
+# `make help` lists the targets. Every tool the targets need is installed by them.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+CARGO_JOBS ?= 2
+export CARGO_BUILD_JOBS := $(CARGO_JOBS)
+
+.DEFAULT_GOAL := help
+
+include hack/localstack/localstack.mk
+-include hack/cluster/cluster.mk
+
+.PHONY: help build release fmt lint unit test up down smoke crds e2e ci
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+build: ## Build every binary (dev profile)
+	$(CARGO) build --workspace --bins
+
+release: ## Build release binaries
+	$(CARGO) build --workspace --bins --release
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## Check formatting and clippy (warnings are errors)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: localstack-up ## Unit and LocalStack integration tests (no cluster)
+	$(CARGO) test --workspace --no-fail-fast
+
+test: lint unit ## The whole suite: lint, unit and LocalStack integration tests
+
+up: localstack-up build ## Start LocalStack, the API server (port 8000) and one worker
+	scripts/run-local.sh up
+
+down: ## Stop what `make up` started
+	scripts/run-local.sh down
+	$(MAKE) localstack-down
+
+smoke: ## The seed smoke test against http://localhost:8000 (prints PASS)
+	scripts/smoke.sh http://localhost:8000
+
+crds: ## Regenerate crds/ from the Rust types
+	$(CARGO) run -q -p qwp-operator --bin crdgen > crds/queueworkerpool.yaml
+	@if [ -d charts/qwp/crds ]; then cp crds/queueworkerpool.yaml charts/qwp/crds/queueworkerpool.yaml; fi

@@ -1,0 +1,160 @@
+//! Test support (feature `testing`): a private set of buckets and queues on the real
+//! LocalStack for one test, so tests run in parallel without seeing each other's jobs.
+
+use std::collections::HashMap;
+
+use aws_sdk_sqs::types::QueueAttributeName;
+
+use crate::aws::AwsClients;
+use crate::config::{Config, Vars};
+
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
+
+#[derive(Clone, Debug)]
+pub struct TestStackOptions {
+    pub visibility_timeout_seconds: u32,
+    /// With `Some(n)`, a dead-letter queue receives messages after `n` receives.
+    pub max_receive_count: Option<u32>,
+}
+
+impl Default for TestStackOptions {
+    fn default() -> Self {
+        TestStackOptions {
+            visibility_timeout_seconds: 30,
+            max_receive_count: None,
+        }
+    }
+}
+
+pub struct TestStack {
+    pub config: Config,
+    pub clients: AwsClients,
+    pub queue_url: String,
+    pub dlq_url: Option<String>,
+}
+
+impl TestStack {
+    /// Creates fresh buckets and queues named after `prefix`. Panics with an explanation
+    /// when LocalStack cannot be reached: a test that needs it must fail, not skip.
+    pub async fn new(prefix: &str, options: TestStackOptions) -> Self {
+        let endpoint =
+            std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let name = |kind: &str| format!("{prefix}-{kind}-{suffix}").to_ascii_lowercase();
+        let mut env: HashMap<&str, String> = HashMap::new();
+        env.insert("AWS_ENDPOINT_URL", endpoint.clone());
+        env.insert("S3_IN_BUCKET", name("in"));
+        env.insert("S3_OUT_BUCKET", name("out"));
+        env.insert("SQS_REQ_QUEUE_NAME", name("q"));
+        env.insert("SQS_WAIT_TIME_SECONDS", "1".into());
+        env.insert(
+            "SQS_VISIBILITY_TIMEOUT_SECONDS",
+            options.visibility_timeout_seconds.to_string(),
+        );
+        let config = Config::from_vars(&Vars::new(|k| env.get(k).cloned()))
+            .expect("test configuration is valid");
+        let clients = AwsClients::connect(&config).await;
+
+        for bucket in [&config.s3_in_bucket, &config.s3_out_bucket] {
+            clients
+                .s3
+                .create_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot create bucket {bucket} on LocalStack at {endpoint}: {}. \
+                         Start it with `make localstack-up`.",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    )
+                });
+        }
+
+        let mut attributes = HashMap::from([(
+            QueueAttributeName::VisibilityTimeout,
+            options.visibility_timeout_seconds.to_string(),
+        )]);
+        let mut dlq_url = None;
+        if let Some(max_receive_count) = options.max_receive_count {
+            let url = create_queue(&clients, &name("dlq"), HashMap::new()).await;
+            let arn = clients
+                .sqs
+                .get_queue_attributes()
+                .queue_url(&url)
+                .attribute_names(QueueAttributeName::QueueArn)
+                .send()
+                .await
+                .expect("read DLQ arn")
+                .attributes
+                .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
+                .expect("DLQ has an arn");
+            attributes.insert(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({"deadLetterTargetArn": arn, "maxReceiveCount": max_receive_count})
+                    .to_string(),
+            );
+            dlq_url = Some(url);
+        }
+        let queue_url = create_queue(&clients, &config.sqs_req_queue_name, attributes).await;
+        let mut config = config;
+        config.sqs_queue_url = Some(queue_url.clone());
+        TestStack {
+            config,
+            clients,
+            queue_url,
+            dlq_url,
+        }
+    }
+
+    /// Approximate visible + in-flight message count of the request queue.
+    pub async fn queue_depth(&self) -> (u64, u64) {
+        queue_depth(&self.clients, &self.queue_url).await
+    }
+}
+
+pub async fn queue_depth(clients: &AwsClients, url: &str) -> (u64, u64) {
+    let attrs = clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("read queue attributes")
+        .attributes
+        .unwrap_or_default();
+    let get = |name: &QueueAttributeName| {
+        attrs
+            .get(name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    };
+    (
+        get(&QueueAttributeName::ApproximateNumberOfMessages),
+        get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+async fn create_queue(
+    clients: &AwsClients,
+    name: &str,
+    attributes: HashMap<QueueAttributeName, String>,
+) -> String {
+    clients
+        .sqs
+        .create_queue()
+        .queue_name(name)
+        .set_attributes(Some(attributes))
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot create queue {name} on LocalStack: {}. Start it with `make localstack-up`.",
+                aws_sdk_sqs::error::DisplayErrorContext(e)
+            )
+        })
+        .queue_url
+        .expect("CreateQueue returns a URL")
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The seed's smoke test: health, upload, result. Prints PASS or fails naming the step.
+set -euo pipefail
+BASE_URL="${1:-${BASE_URL:-http://localhost:8000}}"
+echo "Smoke test against $BASE_URL"
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$1"; }
+
+health=$(curl -fsS "$BASE_URL/health") || fail "GET /health did not answer"
+[ "$(echo "$health" | json_field status)" = "ok" ] || fail "GET /health said $health"
+echo "Health check OK"
+
+tmp=$(mktemp)
+trap 'rm -f "$tmp"' EXIT
+printf 'smoke test input %s\n' "$(date +%s%N)" > "$tmp"
+response=$(curl -sS -w '\n%{http_code}' -F "inputFile=@$tmp;filename=smoke.txt" "$BASE_URL/") || fail "POST / failed"
+code=$(echo "$response" | tail -n1)
+body=$(echo "$response" | sed '$d')
+job_id=$(echo "$body" | json_field job_id)
+[ -n "$job_id" ] || fail "POST / answered $code without a job_id: $body"
+
+# A 202 means the worker has not finished within MAX_WAIT_SECONDS: poll for up to 60 s more.
+for _ in $(seq 1 60); do
+  status=$(echo "$body" | json_field status)
+  [ "$status" = "pending" ] || break
+  sleep 1
+  body=$(curl -sS "$BASE_URL/status/$job_id")
+done
+status=$(echo "$body" | json_field status)
+[ "$status" = "done" ] || fail "job $job_id ended with status '$status': $body"
+echo "Upload OK, job_id=$job_id, status=done"
+echo "Result: $(echo "$body" | json_field result)"
+echo "PASS"
