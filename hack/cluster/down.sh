@@ -14,7 +14,7 @@ stop() { # stop <name>: SIGTERM the recorded PID, SIGKILL after 10s
   if kill -0 "$pid" 2>/dev/null; then
     log "stopping $name (pid $pid)"
     kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
   fi
   rm -f "$RUN_DIR/pids/$name.pid"
@@ -34,7 +34,10 @@ if [[ -n "$(pid_of kubelet)" ]] && kill -0 "$(pid_of kubelet)" 2>/dev/null && [[
 fi
 
 # 2. Control plane and node agents.
-for c in kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver etcd; do stop "$c"; done
+for c in kube-proxy kubelet kube-scheduler kube-controller-manager; do stop "$c" & done
+wait
+stop kube-apiserver
+stop etcd
 
 # 3. Whatever containers remain: record their network namespaces, kill them, remove them.
 NETNS=()
@@ -62,6 +65,8 @@ for p in /proc/[0-9]*; do
   fi
 done
 stop containerd
+# containerd 1.6 puts shim sockets in /run/containerd/s regardless of its state dir
+rmdir /run/containerd/s /run/containerd 2>/dev/null
 
 # 4. Processes left in the kubelet's pod cgroups (cgroupfs driver: <controller>/kubepods), then the cgroups.
 for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do
@@ -106,7 +111,11 @@ if [[ -f $STATE_DIR/sysctl.saved ]]; then
   while IFS='=' read -r k v; do [[ -e /proc/sys/$k ]] && echo "$v" > "/proc/sys/$k"; done < "$STATE_DIR/sysctl.saved"
 fi
 
-# 7. State.
+# 7. State. The kubelet links container logs from the fixed /var/log/containers into podLogsDir.
+if [[ -d /var/log/containers ]]; then
+  find /var/log/containers -maxdepth 1 -type l -lname "$STATE_DIR/*" -delete 2>/dev/null
+  rmdir /var/log/containers 2>/dev/null
+fi
 rm -rf "$STATE_DIR" "$RUN_DIR" "$KUBECONFIG_PATH"
 left=$(awk -v a="$STATE_DIR" -v b="$RUN_DIR" 'index($5, a) == 1 || index($5, b) == 1' /proc/self/mountinfo | wc -l)
 ((left == 0)) || log "WARNING: $left mounts remain under $STATE_DIR / $RUN_DIR"

@@ -21,8 +21,12 @@ start() { # start <name> <cmd...>: run detached in its own session, record the P
   local name=$1; shift
   if running "$name"; then log "$name already running (pid $(cat "$RUN_DIR/pids/$name.pid"))"; return 0; fi
   log "starting $name"
-  setsid "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
-  echo $! > "$RUN_DIR/pids/$name.pid"
+  # own session (survives make/terminal signals); the PID file is written by the process that
+  # then execs the component, so it is the component's PID even if setsid has to fork
+  setsid bash -c 'echo $$ > "$0"; exec "$@"' "$RUN_DIR/pids/$name.pid" "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  local i
+  for ((i = 0; i < 50; i++)); do [[ -s $RUN_DIR/pids/$name.pid ]] && return 0; sleep 0.1; done
+  die "$name did not start"
 }
 wait_for() { # wait_for <what> <seconds> <cmd...>
   local what=$1 secs=$2; shift 2
@@ -80,6 +84,8 @@ cat > "$STATE_DIR/cni/net.d/10-qwp.conflist" <<EOF
 EOF
 
 # --- containerd ---------------------------------------------------------------------------------
+RESTRICT_OOM=false
+if ! (echo -999 > /proc/self/oom_score_adj) 2>/dev/null; then RESTRICT_OOM=true; fi
 mkdir -p "$STATE_DIR/containerd" "$RUN_DIR/containerd"
 cat > "$STATE_DIR/containerd/config.toml" <<EOF
 version = 2
@@ -97,6 +103,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$SANDBOX_IMAGE"
   enable_unprivileged_ports = true
+  # This machine's root lacks CAP_SYS_RESOURCE, so negative oom_score_adj (sandbox -998,
+  # Guaranteed pods -997) fails in runc ("failed to update /proc/self/oom_score_adj").
+  # Clamp to containerd's own score instead (the option exists for rootless setups).
+  restrict_oom_score_adj = $RESTRICT_OOM
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -106,6 +116,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         BinaryName = "$(command -v runc)"
+        Root = "$RUN_DIR/runc"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$STATE_DIR/cni/net.d"
@@ -182,6 +193,7 @@ authorization:
   mode: Webhook
 clusterDomain: cluster.local
 staticPodPath: $STATE_DIR/manifests
+podLogsDir: $STATE_DIR/pod-logs
 podCIDR: $POD_CIDR
 maxPods: 60
 serializeImagePulls: false
