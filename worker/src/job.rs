@@ -82,6 +82,7 @@ pub(crate) async fn handle(
 
 async fn settle(ctx: &JobContext, msg: &Received, job: &JobMessage) -> Outcome {
     let started = Instant::now();
+    info!("job started");
     let attempt = with_heartbeat(&ctx.queue, &msg.receipt_handle, attempt(ctx, job)).await;
     let outcome = match attempt {
         Ok(Stored::AlreadyDone) => {

@@ -1,0 +1,295 @@
+//! Helpers for the worker's LocalStack tests: seed jobs, run workers in-process,
+//! count what they do, and wait (with a generous bound) for results.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use futures::StreamExt;
+use qwp_jobs::testing::{TestStack, TestStackOptions};
+use qwp_jobs::{Filename, JobId, JobMessage, JobResult};
+use qwp_worker::metrics::Metrics;
+use qwp_worker::{CancellationToken, JobObserver, Settings, Worker};
+use tokio::task::JoinHandle;
+
+/// Upper bound for anything the tests wait for; far above the expected seconds, so
+/// reaching it means something is lost or stuck, not slow.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+pub async fn stack(
+    prefix: &str,
+    visibility_timeout_seconds: u32,
+    max_receive_count: Option<u32>,
+) -> TestStack {
+    TestStack::new(
+        prefix,
+        TestStackOptions {
+            visibility_timeout_seconds,
+            max_receive_count,
+        },
+    )
+    .await
+}
+
+/// Counts processor runs per job and the number of jobs held at once.
+#[derive(Default)]
+pub struct Counting {
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    runs: Mutex<HashMap<JobId, usize>>,
+}
+
+impl JobObserver for Counting {
+    fn job_started(&self) {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    }
+    fn job_finished(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn processor_started(&self, job_id: &JobId) {
+        *self.runs.lock().unwrap().entry(*job_id).or_default() += 1;
+    }
+}
+
+impl Counting {
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+    pub fn runs(&self) -> HashMap<JobId, usize> {
+        self.runs.lock().unwrap().clone()
+    }
+    pub fn total_runs(&self) -> usize {
+        self.runs.lock().unwrap().values().sum()
+    }
+}
+
+pub struct RunningWorker {
+    pub shutdown: CancellationToken,
+    pub metrics: Arc<Metrics>,
+    pub task: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    pub async fn stop(self) -> Arc<Metrics> {
+        self.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .expect("the worker stops after its drain")
+            .expect("the worker task does not panic");
+        self.metrics
+    }
+}
+
+pub fn start_worker(
+    stack: &TestStack,
+    settings: Settings,
+    observer: Arc<dyn JobObserver>,
+) -> RunningWorker {
+    let worker = Worker::new(
+        &stack.config,
+        settings,
+        &stack.clients,
+        stack.queue_url.clone(),
+    )
+    .expect("valid worker configuration")
+    .with_observer(observer);
+    let metrics = worker.metrics();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(worker.run(shutdown.clone()));
+    RunningWorker {
+        shutdown,
+        metrics,
+        task,
+    }
+}
+
+pub fn new_job(name: &str) -> JobMessage {
+    JobMessage::new(JobId::new(), Filename::parse(name).unwrap())
+}
+
+/// Stores each input and sends its message (batches of 10).
+pub async fn seed(stack: &TestStack, jobs: &[(JobMessage, Vec<u8>)]) {
+    futures::stream::iter(jobs)
+        .map(|(job, input)| put_input(stack, job, input.clone()))
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let messages: Vec<JobMessage> = jobs.iter().map(|(job, _)| job.clone()).collect();
+    send_messages(stack, &messages).await;
+}
+
+pub async fn put_input(stack: &TestStack, job: &JobMessage, input: Vec<u8>) {
+    stack
+        .clients
+        .s3
+        .put_object()
+        .bucket(&stack.config.s3_in_bucket)
+        .key(job.input_key())
+        .body(ByteStream::from(input))
+        .send()
+        .await
+        .expect("store input");
+}
+
+pub async fn send_messages(stack: &TestStack, jobs: &[JobMessage]) {
+    let bodies: Vec<String> = jobs.iter().map(JobMessage::encode).collect();
+    send_bodies(stack, &bodies).await;
+}
+
+pub async fn send_bodies(stack: &TestStack, bodies: &[String]) {
+    for chunk in bodies.chunks(10) {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, body)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{i}"))
+                    .message_body(body)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let out = stack
+            .clients
+            .sqs
+            .send_message_batch()
+            .queue_url(&stack.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .expect("send messages");
+        assert!(out.failed.is_empty(), "some sends failed: {:?}", out.failed);
+    }
+}
+
+pub async fn result_of(stack: &TestStack, job_id: &JobId) -> Option<JobResult> {
+    let out = stack
+        .clients
+        .s3
+        .get_object()
+        .bucket(&stack.config.s3_out_bucket)
+        .key(qwp_jobs::keys::output_key(job_id))
+        .send()
+        .await
+        .ok()?;
+    let bytes = out.body.collect().await.expect("read result").into_bytes();
+    Some(JobResult::from_json_bytes(&bytes).expect("a well-formed result document"))
+}
+
+pub async fn store_result(stack: &TestStack, result: &JobResult) {
+    stack
+        .clients
+        .s3
+        .put_object()
+        .bucket(&stack.config.s3_out_bucket)
+        .key(qwp_jobs::keys::output_key(&result.job_id))
+        .body(ByteStream::from(result.to_json_bytes()))
+        .send()
+        .await
+        .expect("store result");
+}
+
+/// Waits until every job has a result; panics naming how many are missing.
+pub async fn wait_for_results(stack: &TestStack, ids: &[JobId]) -> HashMap<JobId, JobResult> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut found = HashMap::new();
+    loop {
+        let missing: Vec<JobId> = ids
+            .iter()
+            .filter(|id| !found.contains_key(*id))
+            .copied()
+            .collect();
+        if missing.is_empty() {
+            return found;
+        }
+        let fetched: Vec<(JobId, Option<JobResult>)> = futures::stream::iter(missing.clone())
+            .map(|id| async move { (id, result_of(stack, &id).await) })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        for (id, result) in fetched {
+            if let Some(result) = result {
+                found.insert(id, result);
+            }
+        }
+        if found.len() < ids.len() && tokio::time::Instant::now() > deadline {
+            panic!(
+                "{} of {} jobs have no result after {PATIENCE:?}",
+                ids.len() - found.len(),
+                ids.len()
+            );
+        }
+        if found.len() < ids.len() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Waits until the queue holds no message, visible or in flight.
+pub async fn wait_for_empty_queue(stack: &TestStack) {
+    wait_until("the queue to be empty", || async {
+        stack.queue_depth().await == (0, 0)
+    })
+    .await;
+}
+
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Probes until it yields a value; panics after [`PATIENCE`].
+pub async fn poll_until<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Receives one message from `queue_url` (long poll), for looking into the DLQ.
+pub async fn receive_one(
+    stack: &TestStack,
+    queue_url: &str,
+) -> Option<aws_sdk_sqs::types::Message> {
+    stack
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .wait_time_seconds(1)
+        .message_attribute_names("All")
+        .send()
+        .await
+        .expect("receive from DLQ")
+        .messages
+        .unwrap_or_default()
+        .into_iter()
+        .next()
+}
