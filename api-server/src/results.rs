@@ -94,6 +94,15 @@ impl ResultWaiter {
         self.pollers.lock().expect("pollers lock").len()
     }
 
+    /// Requests currently waiting for `job_id` in this process.
+    pub fn waiters(&self, job_id: &JobId) -> usize {
+        self.pollers
+            .lock()
+            .expect("pollers lock")
+            .get(job_id)
+            .map_or(0, |sender| sender.receiver_count())
+    }
+
     fn subscribe(self: &Arc<Self>, job_id: JobId) -> watch::Receiver<Lookup> {
         let mut pollers = self.pollers.lock().expect("pollers lock");
         if let Some(sender) = pollers.get(&job_id) {
