@@ -124,19 +124,20 @@ k wait --for=condition=Ready pod/web --timeout=60s >/dev/null || true
 SVC_IP=$(k get service web -o jsonpath='{.spec.clusterIP}')
 out=""
 for _ in $(seq 20); do
-  out=$(k exec hello -- wget -qO- -T 2 "http://$SVC_IP/" 2>&1 || true)
-  [[ $out == qwp-service-ok ]] && break
+  # (busybox-static's wget segfaults on this glibc; nc does the HTTP request instead)
+  out=$(k exec hello -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 $SVC_IP 80" 2>&1 || true)
+  [[ $out == *qwp-service-ok* ]] && break
   sleep 1
 done
-if [[ $out == qwp-service-ok ]]; then ok "pod -> ClusterIP Service $SVC_IP:80 -> pod"
+if [[ $out == *qwp-service-ok* ]]; then ok "pod -> ClusterIP Service $SVC_IP:80 -> pod"
 else fail "pod -> ClusterIP $SVC_IP:80: $out"; fi
 # kubernetes API from a pod via the kubernetes Service
-out=$(k exec hello -- sh -c 'nc -z -w 3 '"$KUBERNETES_SVC_IP"' 443 && echo open' 2>&1 || true)
+out=$(k exec hello -- sh -c "nc -w 3 $KUBERNETES_SVC_IP 443 </dev/null && echo open" 2>&1 || true)
 if [[ $out == *open* ]]; then ok "pod -> kubernetes Service $KUBERNETES_SVC_IP:443 reachable"
 else fail "pod -> kubernetes Service $KUBERNETES_SVC_IP:443: $out"; fi
 # host services through QWP_HOST_ADDR (LocalStack on 127.0.0.1:4566 when it runs)
 if (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null; then
-  out=$(k exec hello -- sh -c "nc -z -w 3 $QWP_HOST_ADDR 4566 && echo open" 2>&1 || true)
+  out=$(k exec hello -- sh -c "nc -w 3 $QWP_HOST_ADDR 4566 </dev/null && echo open" 2>&1 || true)
   if [[ $out == *open* ]]; then ok "pod -> host 127.0.0.1:4566 (LocalStack) via $QWP_HOST_ADDR:4566"
   else fail "pod -> $QWP_HOST_ADDR:4566: $out"; fi
 else
