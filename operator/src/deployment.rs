@@ -1,0 +1,338 @@
+//! The pool's Deployment, built (purely) from the pool and the desired replicas.
+//!
+//! The operator owns the Deployment: it is named after the pool, carries an owner reference
+//! (garbage-collected with the pool) and is applied with server-side apply and force, so a
+//! hand edit of `spec.replicas` is taken back on the next reconcile.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{POOL_LABEL, QueueWorkerPool};
+use crate::{Error, Result};
+
+/// Hash of everything the operator sets on the Deployment except the replicas; equal hashes
+/// and equal replicas mean there is nothing to apply.
+pub const SPEC_HASH_ANNOTATION: &str = "queueworker.io/spec-hash";
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "qwp-operator");
+/// Covers the worker's default 25 s drain (WORKER_DRAIN_SECONDS).
+pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
+
+/// Names of the variables the operator sets in every worker container.
+pub const INJECTED_ENV: [&str; 7] = [
+    "SQS_QUEUE_URL",
+    "SQS_REQ_QUEUE_NAME",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "WORKER_CONCURRENCY",
+];
+
+/// The environment the worker reads (see docs/worker.md): queue, region, endpoint, keys from
+/// the pool's Secret, concurrency.
+pub fn worker_env(pool: &QueueWorkerPool) -> Vec<EnvVar> {
+    let queue = &pool.spec.queue;
+    let plain = |name: &str, value: &str| EnvVar {
+        name: name.to_string(),
+        value: Some(value.to_string()),
+        value_from: None,
+    };
+    let mut env = Vec::new();
+    match (&queue.url, &queue.name) {
+        (Some(url), _) => env.push(plain("SQS_QUEUE_URL", url)),
+        // The worker resolves a name itself (qwp_jobs::aws::AwsClients::request_queue_url).
+        (None, Some(name)) => env.push(plain("SQS_REQ_QUEUE_NAME", name)),
+        (None, None) => {}
+    }
+    env.push(plain("AWS_REGION", &queue.region));
+    if let Some(endpoint) = &queue.endpoint {
+        env.push(plain("AWS_ENDPOINT_URL", endpoint));
+    }
+    if let Some(secret) = &queue.credentials_secret_ref {
+        let from_secret = |name: &str, key: &str| EnvVar {
+            name: name.to_string(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: key.to_string(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        };
+        env.push(from_secret("AWS_ACCESS_KEY_ID", &secret.access_key_id_key));
+        env.push(from_secret(
+            "AWS_SECRET_ACCESS_KEY",
+            &secret.secret_access_key_key,
+        ));
+    }
+    env.push(plain(
+        "WORKER_CONCURRENCY",
+        &pool.spec.concurrency.to_string(),
+    ));
+    env
+}
+
+pub fn selector_labels(pool: &QueueWorkerPool) -> BTreeMap<String, String> {
+    BTreeMap::from([(POOL_LABEL.to_string(), pool.name_any())])
+}
+
+/// The Deployment to apply for `pool` with `replicas`.
+pub fn build_deployment(pool: &QueueWorkerPool, replicas: i32) -> Result<Deployment> {
+    let name = pool.name_any();
+    let namespace = pool
+        .namespace()
+        .ok_or_else(|| Error::MissingNamespace(name.clone()))?;
+    let selector = selector_labels(pool);
+
+    let mut template = pool.spec.template.clone();
+    let metadata = template.metadata.get_or_insert_with(ObjectMeta::default);
+    metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(selector.clone());
+    let pod_spec = template.spec.get_or_insert_with(Default::default);
+    let injected = worker_env(pool);
+    for container in &mut pod_spec.containers {
+        // Ours win: a pool's queue must not be overridden by a stale value in the template.
+        let env = container.env.get_or_insert_with(Vec::new);
+        env.retain(|var| !INJECTED_ENV.contains(&var.name.as_str()));
+        env.extend(injected.iter().cloned());
+    }
+    pod_spec
+        .termination_grace_period_seconds
+        .get_or_insert(DEFAULT_TERMINATION_GRACE_SECONDS);
+
+    let mut labels = selector.clone();
+    labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
+    let mut deployment = Deployment {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace),
+            labels: Some(labels),
+            owner_references: pool.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: None,
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    };
+    let hash = spec_hash(&deployment);
+    deployment
+        .annotations_mut()
+        .insert(SPEC_HASH_ANNOTATION.to_string(), hash);
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.replicas = Some(replicas);
+    }
+    Ok(deployment)
+}
+
+fn spec_hash(deployment: &Deployment) -> String {
+    let json = serde_json::to_string(deployment).expect("a Deployment serializes");
+    let mut hasher = DefaultHasher::new();
+    json.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// Whether `existing` already is what applying `wanted` would make it.
+pub fn is_up_to_date(existing: &Deployment, wanted: &Deployment) -> bool {
+    let hash = |d: &Deployment| d.annotations().get(SPEC_HASH_ANNOTATION).cloned();
+    let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas);
+    hash(existing).is_some()
+        && hash(existing) == hash(wanted)
+        && replicas(existing) == replicas(wanted)
+}
+
+/// The Deployment's `spec.replicas`, 0 when it does not exist yet.
+pub fn current_replicas(existing: Option<&Deployment>) -> u32 {
+    existing
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CredentialsSecretRef, QueueWorkerPoolSpec};
+    use serde_json::json;
+
+    pub fn pool(spec: serde_json::Value) -> QueueWorkerPool {
+        let spec: QueueWorkerPoolSpec = serde_json::from_value(spec).unwrap();
+        let mut pool = QueueWorkerPool::new("thumbs", spec);
+        pool.metadata.namespace = Some("jobs".into());
+        pool.metadata.uid = Some("uid-1".into());
+        pool
+    }
+
+    fn spec() -> serde_json::Value {
+        json!({
+            "queue": {"url": "http://localstack:4566/000000000000/q", "region": "eu-west-1",
+                      "endpoint": "http://localstack:4566"},
+            "maxReplicas": 5,
+            "concurrency": 4,
+            "template": {
+                "metadata": {"labels": {"app": "thumbs"}},
+                "spec": {"containers": [
+                    {"name": "worker", "image": "qwp-worker:dev",
+                     "env": [{"name": "WORKER_PROCESSOR", "value": "sleep"},
+                             {"name": "SQS_QUEUE_URL", "value": "stale"}]},
+                    {"name": "sidecar", "image": "busybox"}
+                ]}
+            }
+        })
+    }
+
+    fn env_of(deployment: &Deployment, container: usize) -> Vec<(String, String)> {
+        let spec = deployment
+            .spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap();
+        spec.containers[container]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                let value = e.value.unwrap_or_else(|| {
+                    let key = e.value_from.unwrap().secret_key_ref.unwrap();
+                    format!("secret:{}/{}", key.name, key.key)
+                });
+                (e.name, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn deployment_is_owned_labelled_and_sized() {
+        let d = build_deployment(&pool(spec()), 3).unwrap();
+        assert_eq!(d.metadata.name.as_deref(), Some("thumbs"));
+        assert_eq!(d.metadata.namespace.as_deref(), Some("jobs"));
+        let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.name.as_str(),
+                owner.uid.as_str(),
+                owner.controller
+            ),
+            ("QueueWorkerPool", "thumbs", "uid-1", Some(true))
+        );
+        let spec = d.spec.as_ref().unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        let selector = spec.selector.match_labels.as_ref().unwrap();
+        assert_eq!(selector.get(POOL_LABEL).map(String::as_str), Some("thumbs"));
+        let pod_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .labels
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            pod_labels.get("app").map(String::as_str),
+            Some("thumbs"),
+            "user labels kept"
+        );
+        assert_eq!(
+            pod_labels.get(POOL_LABEL).map(String::as_str),
+            Some("thumbs")
+        );
+        let pod_spec = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod_spec.termination_grace_period_seconds, Some(30));
+    }
+
+    #[test]
+    fn queue_settings_are_injected_into_every_container_and_win() {
+        let d = build_deployment(&pool(spec()), 1).unwrap();
+        for container in 0..2 {
+            let env = env_of(&d, container);
+            let get = |name: &str| {
+                env.iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                get("SQS_QUEUE_URL"),
+                ["http://localstack:4566/000000000000/q"]
+            );
+            assert_eq!(get("AWS_REGION"), ["eu-west-1"]);
+            assert_eq!(get("AWS_ENDPOINT_URL"), ["http://localstack:4566"]);
+            assert_eq!(get("WORKER_CONCURRENCY"), ["4"]);
+            assert!(
+                get("AWS_ACCESS_KEY_ID").is_empty(),
+                "no keys without a Secret: IRSA"
+            );
+        }
+        assert!(env_of(&d, 0).contains(&("WORKER_PROCESSOR".into(), "sleep".into())));
+    }
+
+    #[test]
+    fn credentials_come_from_the_secret_and_names_are_passed_on() {
+        let mut pool = pool(spec());
+        pool.spec.queue.url = None;
+        pool.spec.queue.name = Some("jobs".into());
+        pool.spec.queue.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "aws".into(),
+            access_key_id_key: "id".into(),
+            secret_access_key_key: "secret".into(),
+        });
+        let env = env_of(&build_deployment(&pool, 1).unwrap(), 0);
+        assert!(env.contains(&("SQS_REQ_QUEUE_NAME".into(), "jobs".into())));
+        assert!(
+            !env.iter().any(|(n, _)| n == "SQS_QUEUE_URL"),
+            "the stale template value is gone"
+        );
+        assert!(env.contains(&("AWS_ACCESS_KEY_ID".into(), "secret:aws/id".into())));
+        assert!(env.contains(&("AWS_SECRET_ACCESS_KEY".into(), "secret:aws/secret".into())));
+    }
+
+    #[test]
+    fn hash_ignores_replicas_but_not_the_template() {
+        let p = pool(spec());
+        let a = build_deployment(&p, 1).unwrap();
+        let b = build_deployment(&p, 7).unwrap();
+        assert_eq!(
+            a.annotations()[SPEC_HASH_ANNOTATION],
+            b.annotations()[SPEC_HASH_ANNOTATION]
+        );
+        assert!(
+            is_up_to_date(&a, &a) && !is_up_to_date(&a, &b),
+            "replicas differ"
+        );
+        let mut changed = p.clone();
+        changed.spec.concurrency = 8;
+        let c = build_deployment(&changed, 1).unwrap();
+        assert!(!is_up_to_date(&a, &c), "template changed");
+    }
+
+    #[test]
+    fn a_pool_without_namespace_is_an_error() {
+        let mut p = pool(spec());
+        p.metadata.namespace = None;
+        assert!(matches!(
+            build_deployment(&p, 1),
+            Err(Error::MissingNamespace(_))
+        ));
+    }
+}

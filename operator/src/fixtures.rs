@@ -1,0 +1,692 @@
+//! Test support: a mocked API server that plays a scenario of expected requests (method,
+//! path, body checks) with canned answers, a fake queue and a fake in-flight probe, and the
+//! reconcile scenarios themselves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::client::Body;
+use kube::{Client, Resource};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tower_test::mock::{self, Handle};
+
+use crate::controller::Context;
+use crate::crd::{QueueWorkerPool, QueueWorkerPoolSpec};
+use crate::decision::QueueDepth;
+use crate::deletion_cost::InFlightProbe;
+use crate::metrics::Metrics;
+use crate::queue::{QueueDepthSource, QueueError, QueueTarget, Reading};
+
+pub const NS: &str = "jobs";
+pub const POOL: &str = "thumbs";
+pub const QUEUE_URL: &str = "http://localstack:4566/000000000000/thumbs";
+
+/// A queue whose depth (or failure) the test sets; remembers what it was asked to read.
+#[derive(Default)]
+pub struct FakeQueue {
+    pub answer: Mutex<Option<Result<QueueDepth, QueueError>>>,
+    pub targets: Mutex<Vec<QueueTarget>>,
+}
+
+impl FakeQueue {
+    pub fn set(&self, answer: Result<QueueDepth, QueueError>) {
+        *self.answer.lock().unwrap() = Some(answer);
+    }
+}
+
+impl QueueDepthSource for FakeQueue {
+    fn read<'a>(&'a self, target: &'a QueueTarget) -> BoxFuture<'a, Result<Reading, QueueError>> {
+        self.targets.lock().unwrap().push(target.clone());
+        let answer = self
+            .answer
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("the test sets the queue depth");
+        Box::pin(async move {
+            answer.map(|depth| Reading {
+                url: target.display_name(),
+                depth,
+                api_calls: 1,
+            })
+        })
+    }
+}
+
+/// In-flight counts by pod IP; an unknown IP does not answer.
+#[derive(Default)]
+pub struct FakeProbe(pub HashMap<String, u32>);
+
+impl InFlightProbe for FakeProbe {
+    fn in_flight<'a>(&'a self, pod_ip: &'a str) -> BoxFuture<'a, Option<u32>> {
+        let answer = self.0.get(pod_ip).copied();
+        Box::pin(async move { answer })
+    }
+}
+
+/// One request the reconciler must make next, and what the API server answers.
+pub struct Expect {
+    pub method: Method,
+    pub path: String,
+    pub check: Box<dyn FnOnce(&Value) + Send>,
+    pub reply: Reply,
+}
+
+pub enum Reply {
+    Json(Value),
+    NotFound,
+    Error(StatusCode, &'static str),
+    /// Answer with the request body (what an API server roughly does for apply and create).
+    Echo,
+}
+
+impl Expect {
+    pub fn new(method: Method, path: impl Into<String>, reply: Reply) -> Self {
+        Expect {
+            method,
+            path: path.into(),
+            check: Box::new(|_| {}),
+            reply,
+        }
+    }
+
+    pub fn check(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
+        self.check = Box::new(check);
+        self
+    }
+}
+
+type MockHandle = Handle<Request<Body>, Response<Body>>;
+
+pub struct ApiServerVerifier(MockHandle);
+
+impl ApiServerVerifier {
+    /// Serves the expected requests in order, asserting method, path (not the query) and
+    /// body. The handle is kept afterwards, so a request beyond the script gets no answer
+    /// and the reconcile times out (failing the test) instead of slipping through.
+    pub fn run(self, script: Vec<Expect>) -> JoinHandle<MockHandle> {
+        let mut handle = self.0;
+        tokio::spawn(async move {
+            for (step, expect) in script.into_iter().enumerate() {
+                let (request, send) = handle.next_request().await.unwrap_or_else(|| {
+                    panic!(
+                        "step {step}: expected {} {}, got no request",
+                        expect.method, expect.path
+                    )
+                });
+                assert_eq!(
+                    (request.method(), request.uri().path()),
+                    (&expect.method, expect.path.as_str()),
+                    "step {step}: unexpected request {}",
+                    request.uri()
+                );
+                let query = request.uri().query().unwrap_or_default().to_string();
+                let bytes = request.into_body().collect_bytes().await.unwrap();
+                let body: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).unwrap()
+                };
+                if expect.method == Method::PATCH && query.contains("fieldManager") {
+                    assert!(
+                        query.contains("fieldManager=qwp-operator"),
+                        "step {step}: field manager in {query}"
+                    );
+                }
+                (expect.check)(&body);
+                let response = match expect.reply {
+                    Reply::Json(value) => json_response(StatusCode::OK, &value),
+                    Reply::Echo => json_response(StatusCode::OK, &body),
+                    Reply::NotFound => status_response(StatusCode::NOT_FOUND, "NotFound"),
+                    Reply::Error(code, reason) => status_response(code, reason),
+                };
+                send.send_response(response);
+            }
+            handle
+        })
+    }
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .body(Body::from(serde_json::to_vec(value).unwrap()))
+        .unwrap()
+}
+
+fn status_response(code: StatusCode, reason: &str) -> Response<Body> {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": format!("{reason} (mocked)"), "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+pub struct TestContext {
+    pub ctx: Arc<Context>,
+    pub api: Option<ApiServerVerifier>,
+    pub queue: Arc<FakeQueue>,
+}
+
+impl Context {
+    /// A context with a mocked API server, a fake queue and the given in-flight counts.
+    pub fn test(probe: FakeProbe) -> TestContext {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let queue = Arc::new(FakeQueue::default());
+        let ctx = Context::new(
+            client,
+            queue.clone(),
+            Arc::new(probe),
+            Arc::new(Metrics::default()),
+        );
+        TestContext {
+            ctx: Arc::new(ctx),
+            api: Some(ApiServerVerifier(handle)),
+            queue,
+        }
+    }
+}
+
+impl QueueWorkerPool {
+    /// A pool as the API server returns it (defaults applied, uid and generation set).
+    pub fn test(spec: Value) -> Self {
+        let mut full = json!({
+            "queue": {"url": QUEUE_URL, "region": "us-east-1", "endpoint": "http://localstack:4566"},
+            "maxReplicas": 10,
+            "targetBacklogPerPod": 5,
+            "template": {"spec": {"containers": [{"name": "worker", "image": "qwp-worker:dev"}]}},
+        });
+        if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+            full.extend(extra.clone());
+        }
+        let spec: QueueWorkerPoolSpec = serde_json::from_value(full).unwrap();
+        let mut pool = QueueWorkerPool::new(POOL, spec);
+        pool.meta_mut().namespace = Some(NS.into());
+        pool.meta_mut().uid = Some("pool-uid".into());
+        pool.meta_mut().generation = Some(1);
+        pool
+    }
+}
+
+/// The Deployment the operator would have created earlier, with `replicas` set by someone.
+pub fn existing_deployment(pool: &QueueWorkerPool, replicas: i32, ready: i32) -> Value {
+    let mut deployment: Deployment = crate::deployment::build_deployment(pool, replicas).unwrap();
+    deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+        replicas: Some(replicas),
+        ready_replicas: Some(ready),
+        ..Default::default()
+    });
+    serde_json::to_value(deployment).unwrap()
+}
+
+pub fn deployment_path() -> String {
+    format!("/apis/apps/v1/namespaces/{NS}/deployments/{POOL}")
+}
+
+pub fn status_path() -> String {
+    format!("/apis/queueworker.io/v1alpha1/namespaces/{NS}/queueworkerpools/{POOL}/status")
+}
+
+pub fn events_path() -> String {
+    format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
+}
+
+impl TestContext {
+    /// Runs one reconcile against the script; a reconcile that waits for a request the
+    /// script does not answer fails the test instead of hanging.
+    pub async fn reconcile(
+        &mut self,
+        pool: &QueueWorkerPool,
+        script: Vec<Expect>,
+    ) -> crate::Result<kube::runtime::controller::Action> {
+        let server = self
+            .api
+            .take()
+            .expect("one reconcile at a time")
+            .run(script);
+        let result = tokio::time::timeout(
+            Duration::from_secs(10),
+            crate::reconcile(Arc::new(pool.clone()), self.ctx.clone()),
+        )
+        .await
+        .expect("reconcile made a request the scenario does not expect, or hung");
+        let handle = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the reconcile skipped requests of the scenario")
+            .expect("scenario assertions hold");
+        self.api = Some(ApiServerVerifier(handle));
+        result
+    }
+}
+
+#[cfg(test)]
+mod scenarios {
+    use super::*;
+    use crate::crd::QueueWorkerPoolStatus;
+    use crate::deletion_cost::DELETION_COST_ANNOTATION;
+    use kube::runtime::controller::Action;
+
+    fn env_value<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
+        deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()?
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e.get("value").unwrap_or(&e["valueFrom"]))
+    }
+
+    fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+        status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+    }
+
+    fn keep(slot: &Arc<Mutex<Value>>) -> impl FnOnce(&Value) + Send + 'static {
+        let slot = slot.clone();
+        move |body: &Value| *slot.lock().unwrap() = body.clone()
+    }
+
+    fn pool_reply(pool: &QueueWorkerPool) -> Reply {
+        Reply::Json(serde_json::to_value(pool).unwrap())
+    }
+
+    #[tokio::test]
+    async fn fresh_pool_with_backlog_gets_its_deployment_at_once() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth {
+            visible: 40,
+            in_flight: 2,
+            delayed: 7,
+        }));
+        let pool = QueueWorkerPool::test(json!({"concurrency": 2}));
+        let status = Arc::new(Mutex::new(Value::Null));
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::NotFound),
+                    Expect::new(Method::PATCH, deployment_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["spec"]["replicas"], 9, "ceil(42 / 5)");
+                        assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "pool-uid");
+                        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+                        assert_eq!(
+                            body["spec"]["selector"]["matchLabels"]["queueworker.io/pool"],
+                            POOL
+                        );
+                        assert_eq!(env_value(body, "SQS_QUEUE_URL"), Some(&json!(QUEUE_URL)));
+                        assert_eq!(env_value(body, "WORKER_CONCURRENCY"), Some(&json!("2")));
+                        assert_eq!(
+                            env_value(body, "AWS_ENDPOINT_URL"),
+                            Some(&json!("http://localstack:4566"))
+                        );
+                    }),
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["type"], "Normal");
+                        assert_eq!(body["reason"], "Scaled");
+                        assert_eq!(
+                            body["note"],
+                            "scaled from 0 to 9 replicas: backlog 42 / 5 per pod → 9 replicas"
+                        );
+                        assert_eq!(body["regarding"]["name"], POOL);
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool))
+                        .check(keep(&status)),
+                ],
+            )
+            .await;
+        assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(5)));
+        let body = status.lock().unwrap().clone();
+        assert_eq!(body["kind"], "QueueWorkerPool");
+        let status = &body["status"];
+        assert_eq!(status["desiredReplicas"], 9);
+        assert_eq!(
+            status["backlog"],
+            json!({"visible": 40, "inFlight": 2, "delayed": 7, "counted": 42})
+        );
+        assert_eq!(
+            status["lastScaleReason"],
+            "backlog 42 / 5 per pod → 9 replicas"
+        );
+        assert_eq!(status["queue"], QUEUE_URL);
+        assert_eq!(condition(status, "QueueReachable")["status"], "True");
+        assert_eq!(
+            condition(status, "Ready")["status"],
+            "False",
+            "no pod is ready yet"
+        );
+        let target = test.queue.targets.lock().unwrap()[0].clone();
+        assert_eq!(target.url.as_deref(), Some(QUEUE_URL));
+        assert_eq!(target.endpoint.as_deref(), Some("http://localstack:4566"));
+        assert!(
+            target.credentials.is_none(),
+            "default credential chain without a Secret"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_queue_holds_replicas_and_warns_once() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Err(QueueError::new(
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "The specified queue does not exist.",
+        )));
+        let mut pool = QueueWorkerPool::test(json!({}));
+        let deployment = existing_deployment(&pool, 3, 3);
+        let status = Arc::new(Mutex::new(Value::Null));
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    // The Deployment is up to date at 3 replicas: nothing to apply.
+                    Expect::new(
+                        Method::GET,
+                        deployment_path(),
+                        Reply::Json(deployment.clone()),
+                    ),
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["type"], "Warning");
+                        assert_eq!(body["reason"], "QueueUnreachable");
+                        let note = body["note"].as_str().unwrap();
+                        assert!(note.contains("holding 3 replicas"), "{note}");
+                        assert!(
+                            note.contains("AWS.SimpleQueueService.NonExistentQueue"),
+                            "{note}"
+                        );
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool))
+                        .check(keep(&status)),
+                ],
+            )
+            .await;
+        assert!(
+            result.is_ok(),
+            "an unreadable queue is not a reconcile error: {result:?}"
+        );
+        let written = status.lock().unwrap()["status"].clone();
+        assert_eq!(written["desiredReplicas"], 3);
+        let reachable = condition(&written, "QueueReachable");
+        assert_eq!(reachable["status"], "False");
+        assert_eq!(
+            reachable["reason"],
+            "AWS_SimpleQueueService_NonExistentQueue"
+        );
+
+        // The next poll: same outage, status already says so: no event, no status write.
+        pool.status = Some(serde_json::from_value::<QueueWorkerPoolStatus>(written).unwrap());
+        let result = test
+            .reconcile(
+                &pool,
+                vec![Expect::new(
+                    Method::GET,
+                    deployment_path(),
+                    Reply::Json(deployment.clone()),
+                )],
+            )
+            .await;
+        assert!(result.is_ok());
+
+        // Recovery: the queue answers again; the pool says so and scales on the backlog.
+        test.queue.set(Ok(QueueDepth {
+            visible: 20,
+            in_flight: 0,
+            delayed: 0,
+        }));
+        let mut changed = pool.clone();
+        changed.metadata.generation = Some(2); // a spec edit: the cached reading is not reused
+        let result = test
+            .reconcile(
+                &changed,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::Json(deployment)),
+                    Expect::new(Method::PATCH, deployment_path(), Reply::Echo)
+                        .check(|body| assert_eq!(body["spec"]["replicas"], 4)),
+                    Expect::new(Method::POST, events_path(), Reply::Echo)
+                        .check(|body| assert_eq!(body["reason"], "Scaled")),
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["reason"], "QueueReachable");
+                        assert_eq!(body["type"], "Normal");
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)).check(|body| {
+                        assert_eq!(
+                            condition(&body["status"], "QueueReachable")["status"],
+                            "True"
+                        );
+                    }),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    fn pod(name: &str, ip: &str, cost: Option<&str>) -> Value {
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": {"queueworker.io/pool": POOL}},
+            "spec": {"containers": [{"name": "worker", "image": "qwp-worker:dev"}]},
+            "status": {"podIP": ip, "phase": "Running"},
+        });
+        if let Some(cost) = cost {
+            pod["metadata"]["annotations"] = json!({DELETION_COST_ANNOTATION: cost});
+        }
+        pod
+    }
+
+    fn cost_patch_of(expected: &'static str) -> impl FnOnce(&Value) + Send + 'static {
+        move |body: &Value| {
+            assert_eq!(
+                body,
+                &json!({"metadata": {"annotations": {DELETION_COST_ANNOTATION: expected}}})
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn hand_edit_is_corrected_and_idle_pods_go_first() {
+        let probe = FakeProbe(HashMap::from([
+            ("10.1.0.1".to_string(), 2),
+            ("10.1.0.2".to_string(), 0),
+            ("10.1.0.4".to_string(), 0),
+        ]));
+        let mut test = Context::test(probe);
+        test.queue.set(Ok(QueueDepth {
+            visible: 15,
+            in_flight: 0,
+            delayed: 0,
+        }));
+        let pool = QueueWorkerPool::test(json!({}));
+
+        // The operator runs the pool at 3 replicas (ceil(15 / 5)): nothing to change.
+        let settled = existing_deployment(&pool, 3, 3);
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::Json(settled)),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+
+        // Someone runs `kubectl scale --replicas=10`; the next reconcile takes it back to 3,
+        // after ranking the pods so that the busy one is removed last.
+        let mut status_pool = pool.clone();
+        status_pool.status = None;
+        let edited = existing_deployment(&pool, 10, 10);
+        let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            pod("busy", "10.1.0.1", None),
+            pod("idle", "10.1.0.2", None),
+            pod("silent", "10.1.0.3", Some("5")),
+            pod("known", "10.1.0.4", Some("0")),
+        ]});
+        let result = test
+            .reconcile(
+                &status_pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::Json(edited)),
+                    Expect::new(
+                        Method::GET,
+                        format!("/api/v1/namespaces/{NS}/pods"),
+                        Reply::Json(pods),
+                    ),
+                    Expect::new(
+                        Method::PATCH,
+                        format!("/api/v1/namespaces/{NS}/pods/busy"),
+                        Reply::Echo,
+                    )
+                    .check(cost_patch_of("2")),
+                    Expect::new(
+                        Method::PATCH,
+                        format!("/api/v1/namespaces/{NS}/pods/idle"),
+                        Reply::Echo,
+                    )
+                    .check(cost_patch_of("0")),
+                    Expect::new(
+                        Method::PATCH,
+                        format!("/api/v1/namespaces/{NS}/pods/silent"),
+                        Reply::Echo,
+                    )
+                    .check(cost_patch_of("0")),
+                    Expect::new(Method::PATCH, deployment_path(), Reply::Echo)
+                        .check(|body| assert_eq!(body["spec"]["replicas"], 3)),
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(
+                            body["note"],
+                            "scaled from 10 to 3 replicas: backlog 15 / 5 per pod → 3 replicas"
+                        );
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn credentials_come_from_the_pools_secret() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth::default()));
+        let pool = QueueWorkerPool::test(json!({
+            "queue": {"name": "thumbs", "region": "eu-west-1",
+                      "credentialsSecretRef": {"name": "aws"}},
+        }));
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws", "namespace": NS},
+            // base64 of "AKIDEXAMPLE" and "s3cr3t\n" (a trailing newline is ignored)
+            "data": {"AWS_ACCESS_KEY_ID": "QUtJREVYQU1QTEU=", "AWS_SECRET_ACCESS_KEY": "czNjcjN0Cg=="}});
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::NotFound),
+                    Expect::new(Method::GET, format!("/api/v1/namespaces/{NS}/secrets/aws"), Reply::Json(secret)),
+                    Expect::new(Method::PATCH, deployment_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["spec"]["replicas"], 0, "an empty queue keeps a new pool at zero");
+                        assert_eq!(env_value(body, "SQS_REQ_QUEUE_NAME"), Some(&json!("thumbs")));
+                        assert_eq!(
+                            env_value(body, "AWS_SECRET_ACCESS_KEY"),
+                            Some(&json!({"secretKeyRef": {"name": "aws", "key": "AWS_SECRET_ACCESS_KEY", "optional": false}}))
+                        );
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        let target = test.queue.targets.lock().unwrap()[0].clone();
+        let credentials = target.credentials.expect("keys from the Secret");
+        assert_eq!(credentials.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(credentials.secret_access_key, "s3cr3t");
+        assert_eq!(target.name.as_deref(), Some("thumbs"));
+    }
+
+    #[tokio::test]
+    async fn missing_secret_is_an_unreachable_queue_not_a_crash() {
+        let mut test = Context::test(FakeProbe::default());
+        let pool = QueueWorkerPool::test(json!({
+            "queue": {"url": QUEUE_URL, "region": "us-east-1", "credentialsSecretRef": {"name": "nope"}},
+        }));
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(
+                        Method::GET,
+                        deployment_path(),
+                        Reply::Json(existing_deployment(&pool, 2, 2)),
+                    ),
+                    Expect::new(
+                        Method::GET,
+                        format!("/api/v1/namespaces/{NS}/secrets/nope"),
+                        Reply::NotFound,
+                    ),
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert!(
+                            body["note"].as_str().unwrap().contains("SecretNotFound"),
+                            "{body}"
+                        );
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)).check(|body| {
+                        let reachable = condition(&body["status"], "QueueReachable");
+                        assert_eq!(reachable["reason"], "SecretNotFound");
+                        assert_eq!(body["status"]["desiredReplicas"], 2);
+                    }),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        assert!(
+            test.queue.targets.lock().unwrap().is_empty(),
+            "SQS is not called without keys"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rejected_deployment_is_reported_and_retried_with_backoff() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth {
+            visible: 1,
+            in_flight: 0,
+            delayed: 0,
+        }));
+        let pool = QueueWorkerPool::test(json!({}));
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::NotFound),
+                    Expect::new(
+                        Method::PATCH,
+                        deployment_path(),
+                        Reply::Error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
+                    ),
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["type"], "Warning");
+                        assert_eq!(body["reason"], "DeploymentApplyFailed");
+                    }),
+                ],
+            )
+            .await;
+        let error = result.unwrap_err();
+        assert!(
+            matches!(error, crate::Error::DeploymentApply { .. }),
+            "{error}"
+        );
+        let pool = Arc::new(pool);
+        let first = crate::error_policy(pool.clone(), &error, test.ctx.clone());
+        let second = crate::error_policy(pool, &error, test.ctx.clone());
+        assert_eq!(first, Action::requeue(Duration::from_secs(5)));
+        assert_eq!(second, Action::requeue(Duration::from_secs(10)));
+        assert!(
+            test.ctx
+                .metrics
+                .encode()
+                .contains(r#"qwp_operator_reconcile_errors_total{error="deployment_apply"} 2"#)
+        );
+    }
+}
