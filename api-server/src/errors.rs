@@ -116,7 +116,9 @@ mod tests {
         let response = error.into_response();
         let status = response.status();
         let retry = response.headers().get(header::RETRY_AFTER).cloned();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
         (status, retry, serde_json::from_slice(&bytes).unwrap())
     }
 

@@ -30,10 +30,14 @@ impl IdempotencyKey {
             return Err(ApiError::InvalidIdempotencyKey("it is empty"));
         }
         if raw.len() > MAX_KEY_BYTES {
-            return Err(ApiError::InvalidIdempotencyKey("it is longer than 255 bytes"));
+            return Err(ApiError::InvalidIdempotencyKey(
+                "it is longer than 255 bytes",
+            ));
         }
         if !raw.iter().all(|b| (0x20..0x7f).contains(b)) {
-            return Err(ApiError::InvalidIdempotencyKey("only printable ASCII is allowed"));
+            return Err(ApiError::InvalidIdempotencyKey(
+                "only printable ASCII is allowed",
+            ));
         }
         Ok(IdempotencyKey(String::from_utf8_lossy(raw).into_owned()))
     }
@@ -188,6 +192,10 @@ mod tests {
         let object = key.object_key();
         assert!(object.starts_with(PREFIX));
         assert_eq!(object.len(), PREFIX.len() + 64);
-        assert!(object[PREFIX.len()..].chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            object[PREFIX.len()..]
+                .chars()
+                .all(|c| c.is_ascii_hexdigit())
+        );
     }
 }

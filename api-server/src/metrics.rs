@@ -55,19 +55,31 @@ impl Default for Metrics {
         let wait_timeouts = Counter::default();
         let result_polls = Counter::default();
         let active_pollers = Gauge::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
         registry.register(
             "http_request_duration_seconds",
             "HTTP request latency by route",
             latency.clone(),
         );
-        registry.register("jobs_accepted", "Jobs stored and queued", jobs_accepted.clone());
+        registry.register(
+            "jobs_accepted",
+            "Jobs stored and queued",
+            jobs_accepted.clone(),
+        );
         registry.register(
             "result_wait_timeouts",
             "Requests that waited for a result and answered 202 pending",
             wait_timeouts.clone(),
         );
-        registry.register("result_polls", "S3 reads made by the result waiter", result_polls.clone());
+        registry.register(
+            "result_polls",
+            "S3 reads made by the result waiter",
+            result_polls.clone(),
+        );
         registry.register(
             "result_pollers_active",
             "Jobs the result waiter is currently polling for",
@@ -110,7 +122,9 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
     let metrics = &state.metrics;
     metrics
         .latency
-        .get_or_create(&RouteLabels { route: route.clone() })
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
         .observe(started.elapsed().as_secs_f64());
     metrics
         .requests
@@ -125,7 +139,10 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
 
 pub async fn serve_metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

@@ -125,7 +125,11 @@ impl ResultWaiter {
                 return;
             }
             let fetched = {
-                let _permit = self.poll_permits.acquire().await.expect("semaphore never closed");
+                let _permit = self
+                    .poll_permits
+                    .acquire()
+                    .await
+                    .expect("semaphore never closed");
                 self.metrics.result_polls.inc();
                 self.store.fetch_result(&job_id).await
             };

@@ -30,7 +30,11 @@ impl Settings {
         Ok(Settings {
             config: Config::from_vars(vars)?,
             port: vars.parse("PORT", 8000u16)?,
-            result_poll_concurrency: vars.parse_in("RESULT_POLL_CONCURRENCY", 64usize, 1..=10_000)?,
+            result_poll_concurrency: vars.parse_in(
+                "RESULT_POLL_CONCURRENCY",
+                64usize,
+                1..=10_000,
+            )?,
             result_poll_initial: Duration::from_millis(initial_ms),
             result_poll_max: Duration::from_millis(max_ms),
         })
@@ -54,8 +58,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_vars(&Vars::new(move |k| map.get(k).cloned()))
     }
 
@@ -73,9 +79,15 @@ mod tests {
     fn bad_values_name_the_variable() {
         assert_eq!(settings(&[("PORT", "http")]).unwrap_err().name, "PORT");
         assert_eq!(settings(&[("PORT", "70000")]).unwrap_err().name, "PORT");
-        let err = settings(&[("RESULT_POLL_INITIAL_MS", "500"), ("RESULT_POLL_MAX_MS", "100")])
-            .unwrap_err();
+        let err = settings(&[
+            ("RESULT_POLL_INITIAL_MS", "500"),
+            ("RESULT_POLL_MAX_MS", "100"),
+        ])
+        .unwrap_err();
         assert_eq!(err.name, "RESULT_POLL_MAX_MS");
-        assert_eq!(settings(&[("MAX_FILE_MB", "0")]).unwrap_err().name, "MAX_FILE_MB");
+        assert_eq!(
+            settings(&[("MAX_FILE_MB", "0")]).unwrap_err().name,
+            "MAX_FILE_MB"
+        );
     }
 }

@@ -46,10 +46,16 @@ async fn job_status(
     uri: &Uri,
     poll_base: &str,
 ) -> Result<Response, ApiError> {
-    let raw = path.map(|p| p.0).map_err(|_| JobIdError("(not UTF-8)".into()))?;
+    let raw = path
+        .map(|p| p.0)
+        .map_err(|_| JobIdError("(not UTF-8)".into()))?;
     let job_id: JobId = raw.parse()?;
     let query: StatusQuery = parse_query(uri)?;
-    let wait = wait_duration(query.wait.as_deref(), Duration::ZERO, state.settings.max_wait())?;
+    let wait = wait_duration(
+        query.wait.as_deref(),
+        Duration::ZERO,
+        state.settings.max_wait(),
+    )?;
 
     if let Some(response) = result_response(&state, &job_id).await? {
         return Ok(response);
@@ -91,7 +97,11 @@ pub async fn health() -> Json<Value> {
 /// Readiness: S3 buckets and the SQS queue answer, and the server is not draining.
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" }))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response();
     }
     let mut checks = Map::new();
     let mut ready = true;

@@ -131,7 +131,10 @@ impl JobStore {
             Ok(object) => object,
             Err(err) if is_not_found(&err) => return Ok(None),
             Err(err) => {
-                return Err(FetchError::Unavailable(StoreError::from_sdk("GetObject result", err)));
+                return Err(FetchError::Unavailable(StoreError::from_sdk(
+                    "GetObject result",
+                    err,
+                )));
             }
         };
         let unreadable = |reason: String| FetchError::Unreadable {
@@ -195,7 +198,9 @@ impl JobStore {
                     .send()
                     .await
                     .map(|_| ())
-                    .map_err(|e| StoreError(format!("GetQueueAttributes: {}", DisplayErrorContext(e))))
+                    .map_err(|e| {
+                        StoreError(format!("GetQueueAttributes: {}", DisplayErrorContext(e)))
+                    })
             }
             .await;
             ("request_queue", result)

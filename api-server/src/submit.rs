@@ -35,11 +35,17 @@ struct SubmitQuery {
     filename: Option<String>,
 }
 
-pub async fn submit_seed(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+pub async fn submit_seed(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     submit(state, request, SEED_FORM, "/status").await
 }
 
-pub async fn submit_job(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+pub async fn submit_job(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     submit(state, request, JOBS_FORM, "/jobs").await
 }
 
@@ -50,7 +56,11 @@ async fn submit(
     poll_base: &'static str,
 ) -> Result<Response, ApiError> {
     let query: SubmitQuery = parse_query(request.uri())?;
-    let wait = wait_duration(query.wait.as_deref(), state.settings.max_wait(), state.settings.max_wait())?;
+    let wait = wait_duration(
+        query.wait.as_deref(),
+        state.settings.max_wait(),
+        state.settings.max_wait(),
+    )?;
     let key = request
         .headers()
         .get(idempotency::HEADER)
@@ -117,7 +127,11 @@ async fn accept(
     stored.map(|()| Accepted::New)
 }
 
-async fn store_and_queue(state: &AppState, message: &JobMessage, bytes: Bytes) -> Result<(), ApiError> {
+async fn store_and_queue(
+    state: &AppState,
+    message: &JobMessage,
+    bytes: Bytes,
+) -> Result<(), ApiError> {
     let job_id = message.job_id;
     let size = bytes.len();
     if let Err(err) = state.store.put_input(message, bytes).await {
@@ -202,7 +216,10 @@ mod tests {
         let max = Duration::from_secs(30);
         assert_eq!(wait_duration(None, max, max).unwrap(), max);
         assert_eq!(wait_duration(Some("0"), max, max).unwrap(), Duration::ZERO);
-        assert_eq!(wait_duration(Some("5"), max, max).unwrap(), Duration::from_secs(5));
+        assert_eq!(
+            wait_duration(Some("5"), max, max).unwrap(),
+            Duration::from_secs(5)
+        );
         assert_eq!(wait_duration(Some("999"), max, max).unwrap(), max);
         assert!(wait_duration(Some("-1"), max, max).is_err());
         assert!(wait_duration(Some("soon"), max, max).is_err());

@@ -94,7 +94,12 @@ fn body_kind(headers: &HeaderMap, form: UploadForm) -> Result<BodyKind, ApiError
         };
     };
     let raw = String::from_utf8_lossy(value.as_bytes());
-    let essence = raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "multipart/form-data" => Ok(BodyKind::Multipart),
         "application/octet-stream" if form.raw_body => Ok(BodyKind::Raw),

@@ -86,7 +86,10 @@ fn start_worker(stack: &TestStack) -> CancellationToken {
 }
 
 fn checksum_of(data: &[u8]) -> Value {
-    let digest: String = Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     json!({ "bytes": data.len(), "sha256": digest })
 }
 
@@ -137,12 +140,21 @@ async fn queued_bodies(stack: &TestStack) -> Vec<String> {
 }
 
 fn job_id_of(body: &Value) -> JobId {
-    body["job_id"].as_str().expect("job_id in body").parse().expect("job_id is a UUID")
+    body["job_id"]
+        .as_str()
+        .expect("job_id in body")
+        .parse()
+        .expect("job_id is a UUID")
 }
 
 fn assert_error_names(body: &Value, needle: &str) {
-    let message = body["error"].as_str().unwrap_or_else(|| panic!("no error message in {body}"));
-    assert!(message.contains(needle), "error {message:?} should mention {needle:?}");
+    let message = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {body}"));
+    assert!(
+        message.contains(needle),
+        "error {message:?} should mention {needle:?}"
+    );
 }
 
 // ---------------------------------------------------------------- happy paths
@@ -154,18 +166,32 @@ async fn seed_upload_returns_the_workers_result() {
     let server = Server::start(&stack).await;
     let data = b"a face, or any bytes at all".to_vec();
 
-    let form = Form::new().part("inputFile", Part::bytes(data.clone()).file_name("photo.jpg"));
-    let response = server.client.post(server.url("/")).multipart(form).send().await.unwrap();
+    let form = Form::new().part(
+        "inputFile",
+        Part::bytes(data.clone()).file_name("photo.jpg"),
+    );
+    let response = server
+        .client
+        .post(server.url("/"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     let (status, _, body) = json_of(response).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "done");
     assert_eq!(body["result"], checksum_of(&data));
     let job_id = job_id_of(&body);
-    assert!(input_keys(&stack).await.contains(&format!("{job_id}_photo.jpg")));
+    assert!(
+        input_keys(&stack)
+            .await
+            .contains(&format!("{job_id}_photo.jpg"))
+    );
 
     // The seed's status endpoint and the new one agree.
     for path in [format!("/status/{job_id}"), format!("/jobs/{job_id}")] {
-        let (status, _, again) = json_of(server.client.get(server.url(&path)).send().await.unwrap()).await;
+        let (status, _, again) =
+            json_of(server.client.get(server.url(&path)).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(again, body);
     }
@@ -195,24 +221,39 @@ async fn wait_zero_answers_202_then_polling_gives_the_result() {
     let data = b"queued before any worker runs".to_vec();
 
     let form = Form::new().part("file", Part::bytes(data.clone()).file_name("later.txt"));
-    let response = server.client.post(server.url("/jobs?wait=0")).multipart(form).send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/jobs?wait=0"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     let (status, headers, body) = json_of(response).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let job_id = job_id_of(&body);
-    assert_eq!(body, json!({"job_id": job_id.to_string(), "status": "pending"}));
+    assert_eq!(
+        body,
+        json!({"job_id": job_id.to_string(), "status": "pending"})
+    );
     let location = headers["location"].to_str().unwrap().to_string();
     assert_eq!(location, format!("/jobs/{job_id}"));
 
     // Known but unfinished: 202, also on the seed route.
     for path in [location.clone(), format!("/status/{job_id}")] {
-        let (status, _, body) = json_of(server.client.get(server.url(&path)).send().await.unwrap()).await;
+        let (status, _, body) =
+            json_of(server.client.get(server.url(&path)).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::ACCEPTED);
         assert_eq!(body["status"], "pending");
     }
 
     let worker = start_worker(&stack);
     // Long poll: the server holds the request until the worker's result lands.
-    let response = server.client.get(server.url(&format!("{location}?wait=25"))).send().await.unwrap();
+    let response = server
+        .client
+        .get(server.url(&format!("{location}?wait=25")))
+        .send()
+        .await
+        .unwrap();
     let (status, _, body) = json_of(response).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "done");
@@ -248,21 +289,40 @@ async fn failed_results_are_relayed_and_unreadable_ones_are_502() {
             .body(body.into())
             .send()
     };
-    put(ids[0].to_string(), JobResult::failed(ids[0], "input is not an image").to_json_bytes())
+    put(
+        ids[0].to_string(),
+        JobResult::failed(ids[0], "input is not an image").to_json_bytes(),
+    )
+    .await
+    .unwrap();
+    put(ids[1].to_string(), b"{not json".to_vec())
         .await
         .unwrap();
-    put(ids[1].to_string(), b"{not json".to_vec()).await.unwrap();
 
-    let (status, _, body) =
-        json_of(server.client.get(server.url(&format!("/jobs/{}", ids[0]))).send().await.unwrap()).await;
+    let (status, _, body) = json_of(
+        server
+            .client
+            .get(server.url(&format!("/jobs/{}", ids[0])))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         body,
         json!({"job_id": ids[0].to_string(), "status": "failed", "error": "input is not an image"})
     );
 
-    let (status, _, body) =
-        json_of(server.client.get(server.url(&format!("/status/{}", ids[1]))).send().await.unwrap()).await;
+    let (status, _, body) = json_of(
+        server
+            .client
+            .get(server.url(&format!("/status/{}", ids[1])))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_error_names(&body, "malformed");
     server.shutdown().await;
@@ -273,26 +333,56 @@ async fn unknown_job_is_404_and_a_non_uuid_is_400() {
     let stack = TestStack::new("api-404", TestStackOptions::default()).await;
     let server = Server::start(&stack).await;
     let unknown = JobId::new();
-    for path in [format!("/status/{unknown}"), format!("/jobs/{unknown}?wait=1")] {
-        let (status, _, body) = json_of(server.client.get(server.url(&path)).send().await.unwrap()).await;
+    for path in [
+        format!("/status/{unknown}"),
+        format!("/jobs/{unknown}?wait=1"),
+    ] {
+        let (status, _, body) =
+            json_of(server.client.get(server.url(&path)).send().await.unwrap()).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_error_names(&body, &unknown.to_string());
     }
-    for bad in ["abc-123", "..%2F..%2Fetc", "3f2b8c1e9d4a4e7b8c1d2a3b4c5d6e7f", "%FF%FE"] {
-        let (status, _, body) =
-            json_of(server.client.get(server.url(&format!("/jobs/{bad}"))).send().await.unwrap()).await;
+    for bad in [
+        "abc-123",
+        "..%2F..%2Fetc",
+        "3f2b8c1e9d4a4e7b8c1d2a3b4c5d6e7f",
+        "%FF%FE",
+    ] {
+        let (status, _, body) = json_of(
+            server
+                .client
+                .get(server.url(&format!("/jobs/{bad}")))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
         assert_error_names(&body, "not a UUID");
     }
     let (status, _, body) = json_of(
-        server.client.get(server.url(&format!("/jobs/{unknown}?wait=soon"))).send().await.unwrap(),
+        server
+            .client
+            .get(server.url(&format!("/jobs/{unknown}?wait=soon")))
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error_names(&body, "wait");
-    let (status, _, _) = json_of(server.client.get(server.url("/nope")).send().await.unwrap()).await;
+    let (status, _, _) =
+        json_of(server.client.get(server.url("/nope")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, _) = json_of(server.client.delete(server.url("/jobs")).send().await.unwrap()).await;
+    let (status, _, _) = json_of(
+        server
+            .client
+            .delete(server.url("/jobs"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     server.shutdown().await;
 }
@@ -302,7 +392,8 @@ async fn unknown_job_is_404_and_a_non_uuid_is_400() {
 #[tokio::test]
 async fn each_bad_input_class_is_rejected_and_nothing_is_stored() {
     let stack = TestStack::new("api-bad", TestStackOptions::default()).await;
-    let server = Server::start_with(&stack, stack.clients.clone(), |s| s.config.max_file_mb = 1).await;
+    let server =
+        Server::start_with(&stack, stack.clients.clone(), |s| s.config.max_file_mb = 1).await;
     let limit = 1024 * 1024;
     let post = |path: &str| server.client.post(server.url(path));
 
@@ -317,35 +408,70 @@ async fn each_bad_input_class_is_rejected_and_nothing_is_stored() {
     assert_error_names(&body, "`file`");
 
     // Over MAX_FILE_MB: multipart, raw with Content-Length, raw streamed (chunked, no length).
-    let form = Form::new().part("file", Part::bytes(vec![1u8; limit + 1]).file_name("big.bin"));
+    let form = Form::new().part(
+        "file",
+        Part::bytes(vec![1u8; limit + 1]).file_name("big.bin"),
+    );
     let (status, _, body) = json_of(post("/jobs").multipart(form).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_error_names(&body, "1 MB");
-    let (status, _, _) = json_of(post("/jobs").body(vec![1u8; limit + 1]).send().await.unwrap()).await;
+    let (status, _, _) = json_of(
+        post("/jobs")
+            .body(vec![1u8; limit + 1])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..20).map(|_| Ok(vec![2u8; 64 * 1024])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..20).map(|_| Ok(vec![2u8; 64 * 1024])).collect();
     let streamed = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
     let (status, _, _) = json_of(post("/jobs").body(streamed).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     // Exactly at the limit is fine.
-    let (status, _, body) =
-        json_of(post("/jobs?wait=0&filename=exact.bin").body(vec![3u8; limit]).send().await.unwrap()).await;
+    let (status, _, body) = json_of(
+        post("/jobs?wait=0&filename=exact.bin")
+            .body(vec![3u8; limit])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let exact_job = job_id_of(&body);
 
     // Unsupported content types.
-    for (path, content_type) in [("/jobs", "application/json"), ("/", "application/octet-stream"), ("/", "text/plain")] {
+    for (path, content_type) in [
+        ("/jobs", "application/json"),
+        ("/", "application/octet-stream"),
+        ("/", "text/plain"),
+    ] {
         let (status, _, body) = json_of(
-            post(path).header("content-type", content_type).body("{}").send().await.unwrap(),
+            post(path)
+                .header("content-type", content_type)
+                .body("{}")
+                .send()
+                .await
+                .unwrap(),
         )
         .await;
-        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path} {content_type}");
+        assert_eq!(
+            status,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{path} {content_type}"
+        );
         assert_error_names(&body, "multipart/form-data");
     }
 
     // Malformed multipart: no boundary, and a body that does not follow its boundary.
     let (status, _, body) = json_of(
-        post("/").header("content-type", "multipart/form-data").body("x").send().await.unwrap(),
+        post("/")
+            .header("content-type", "multipart/form-data")
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -363,14 +489,27 @@ async fn each_bad_input_class_is_rejected_and_nothing_is_stored() {
     assert_error_names(&body, "multipart");
 
     // Bad Idempotency-Key.
-    let (status, _, body) =
-        json_of(post("/jobs").header("idempotency-key", "").body("x").send().await.unwrap()).await;
+    let (status, _, body) = json_of(
+        post("/jobs")
+            .header("idempotency-key", "")
+            .body("x")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error_names(&body, "Idempotency-Key");
 
     // Only the one accepted upload left anything behind.
-    assert_eq!(input_keys(&stack).await, vec![format!("{exact_job}_exact.bin")]);
-    assert_eq!(queued_bodies(&stack).await, vec![format!("{exact_job}_exact.bin")]);
+    assert_eq!(
+        input_keys(&stack).await,
+        vec![format!("{exact_job}_exact.bin")]
+    );
+    assert_eq!(
+        queued_bodies(&stack).await,
+        vec![format!("{exact_job}_exact.bin")]
+    );
     server.shutdown().await;
 }
 
@@ -395,7 +534,12 @@ async fn filenames_are_sanitised_into_the_job_prefix() {
         if !raw.contains(['\\', '\t', '\u{7}']) {
             let part = Part::bytes(b"x".to_vec()).file_name(raw.to_string());
             let form = Form::new().percent_encode_noop().part("file", part);
-            let response = server.client.post(server.url("/jobs?wait=0")).multipart(form).send().await;
+            let response = server
+                .client
+                .post(server.url("/jobs?wait=0"))
+                .multipart(form)
+                .send()
+                .await;
             let (status, _, body) = json_of(response.unwrap()).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{raw:?}: {body}");
             expected.push(format!("{}_{clean}", job_id_of(&body)));
@@ -418,8 +562,14 @@ async fn filenames_are_sanitised_into_the_job_prefix() {
     expected.sort();
     assert_eq!(keys, expected);
     for key in &keys {
-        assert!(!key.contains('/') && !key.chars().any(char::is_control), "{key:?}");
-        assert!(key.len() <= 37 + qwp_jobs::filename::MAX_FILENAME_BYTES, "{key:?}");
+        assert!(
+            !key.contains('/') && !key.chars().any(char::is_control),
+            "{key:?}"
+        );
+        assert!(
+            key.len() <= 37 + qwp_jobs::filename::MAX_FILENAME_BYTES,
+            "{key:?}"
+        );
     }
     server.shutdown().await;
 }
@@ -430,7 +580,12 @@ async fn filenames_are_sanitised_into_the_job_prefix() {
 async fn unreachable_sqs_is_503_and_leaves_no_input_behind() {
     let stack = TestStack::new("api-nosqs", TestStackOptions::default()).await;
     // S3 on the real LocalStack, SQS on a closed port.
-    let dead = qwp_jobs::aws::sdk_config(Some("http://127.0.0.1:1"), "us-east-1", Some(("test", "test"))).await;
+    let dead = qwp_jobs::aws::sdk_config(
+        Some("http://127.0.0.1:1"),
+        "us-east-1",
+        Some(("test", "test")),
+    )
+    .await;
     let mut clients = stack.clients.clone();
     clients.sqs = aws_sdk_sqs::Client::new(&dead);
     let mut config = stack.config.clone();
@@ -438,7 +593,10 @@ async fn unreachable_sqs_is_503_and_leaves_no_input_behind() {
     let mut stack_view = TestStack { config, ..stack };
     let server = Server::start_with(&stack_view, clients, |_| {}).await;
 
-    let form = Form::new().part("inputFile", Part::bytes(b"data".to_vec()).file_name("a.jpg"));
+    let form = Form::new().part(
+        "inputFile",
+        Part::bytes(b"data".to_vec()).file_name("a.jpg"),
+    );
     let response = server
         .client
         .post(server.url("/"))
@@ -451,11 +609,25 @@ async fn unreachable_sqs_is_503_and_leaves_no_input_behind() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "2");
     assert_error_names(&body, "queue is unavailable");
-    assert!(!body.to_string().contains("127.0.0.1"), "internals leaked: {body}");
+    assert!(
+        !body.to_string().contains("127.0.0.1"),
+        "internals leaked: {body}"
+    );
     stack_view.config.sqs_queue_url = Some(stack_view.queue_url.clone());
-    assert!(input_keys(&stack_view).await.is_empty(), "input left behind");
+    assert!(
+        input_keys(&stack_view).await.is_empty(),
+        "input left behind"
+    );
 
-    let (status, _, body) = json_of(server.client.get(server.url("/readyz")).send().await.unwrap()).await;
+    let (status, _, body) = json_of(
+        server
+            .client
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["checks"]["request_queue"], "unavailable");
     assert_eq!(body["checks"]["input_bucket"], "ok");
@@ -463,7 +635,10 @@ async fn unreachable_sqs_is_503_and_leaves_no_input_behind() {
 
     // The failed attempt released its idempotency key: a healthy server accepts the retry.
     let server = Server::start(&stack_view).await;
-    let form = Form::new().part("inputFile", Part::bytes(b"data".to_vec()).file_name("a.jpg"));
+    let form = Form::new().part(
+        "inputFile",
+        Part::bytes(b"data".to_vec()).file_name("a.jpg"),
+    );
     let response = server
         .client
         .post(server.url("/?wait=0"))
@@ -481,18 +656,36 @@ async fn unreachable_sqs_is_503_and_leaves_no_input_behind() {
 #[tokio::test]
 async fn unreachable_s3_is_503_and_queues_nothing() {
     let stack = TestStack::new("api-nos3", TestStackOptions::default()).await;
-    let dead = qwp_jobs::aws::sdk_config(Some("http://127.0.0.1:1"), "us-east-1", Some(("test", "test"))).await;
+    let dead = qwp_jobs::aws::sdk_config(
+        Some("http://127.0.0.1:1"),
+        "us-east-1",
+        Some(("test", "test")),
+    )
+    .await;
     let mut clients = stack.clients.clone();
     clients.s3 = qwp_jobs::aws::s3_client(&dead, true);
     let server = Server::start_with(&stack, clients, |_| {}).await;
 
-    let response = server.client.post(server.url("/jobs?filename=a")).body("data").send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/jobs?filename=a"))
+        .body("data")
+        .send()
+        .await
+        .unwrap();
     let (status, headers, body) = json_of(response).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["retry-after"], "2");
     assert_error_names(&body, "storage is unavailable");
-    let (status, _, _) =
-        json_of(server.client.get(server.url(&format!("/jobs/{}", JobId::new()))).send().await.unwrap()).await;
+    let (status, _, _) = json_of(
+        server
+            .client
+            .get(server.url(&format!("/jobs/{}", JobId::new())))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(queued_bodies(&stack).await.is_empty());
     server.shutdown().await;
@@ -505,7 +698,10 @@ async fn idempotency_key_replays_the_same_job_and_conflicts_on_new_content() {
     let stack = TestStack::new("api-idem", TestStackOptions::default()).await;
     let server = Server::start(&stack).await;
     let submit = |key: &'static str, content: &'static str| {
-        let form = Form::new().part("file", Part::bytes(content.as_bytes().to_vec()).file_name("o.json"));
+        let form = Form::new().part(
+            "file",
+            Part::bytes(content.as_bytes().to_vec()).file_name("o.json"),
+        );
         server
             .client
             .post(server.url("/jobs?wait=0"))
@@ -561,19 +757,31 @@ async fn idempotency_key_replays_the_same_job_and_conflicts_on_new_content() {
 async fn many_waiters_for_one_job_share_one_poller() {
     let stack = TestStack::new("api-waiters", TestStackOptions::default()).await;
     let server = Server::start(&stack).await;
-    let response = server.client.post(server.url("/jobs?wait=0&filename=w")).body("shared").send().await.unwrap();
+    let response = server
+        .client
+        .post(server.url("/jobs?wait=0&filename=w"))
+        .body("shared")
+        .send()
+        .await
+        .unwrap();
     let job = job_id_of(&json_of(response).await.2);
 
     let waiters: Vec<_> = (0..40)
         .map(|_| {
-            let request = server.client.get(server.url(&format!("/jobs/{job}?wait=30"))).send();
+            let request = server
+                .client
+                .get(server.url(&format!("/jobs/{job}?wait=30")))
+                .send();
             tokio::spawn(request)
         })
         .collect();
     // All requests subscribe to the job's single poller before a result exists.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while server.state.waiter.waiters(&job) < 40 {
-        assert!(tokio::time::Instant::now() < deadline, "waiters never subscribed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waiters never subscribed"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(server.state.waiter.active_pollers(), 1);
@@ -595,22 +803,61 @@ async fn many_waiters_for_one_job_share_one_poller() {
 async fn health_readiness_and_metrics() {
     let stack = TestStack::new("api-probes", TestStackOptions::default()).await;
     let server = Server::start(&stack).await;
-    let (status, _, body) = json_of(server.client.get(server.url("/health")).send().await.unwrap()).await;
+    let (status, _, body) = json_of(
+        server
+            .client
+            .get(server.url("/health"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
-    let (status, _, body) = json_of(server.client.get(server.url("/readyz")).send().await.unwrap()).await;
+    let (status, _, body) = json_of(
+        server
+            .client
+            .get(server.url("/readyz"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ready");
 
-    server.client.post(server.url("/jobs?wait=0&filename=m")).body("m").send().await.unwrap();
-    server.client.post(server.url("/jobs?wait=1&filename=m")).body("m").send().await.unwrap();
-    let metrics = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    server
+        .client
+        .post(server.url("/jobs?wait=0&filename=m"))
+        .body("m")
+        .send()
+        .await
+        .unwrap();
+    server
+        .client
+        .post(server.url("/jobs?wait=1&filename=m"))
+        .body("m")
+        .send()
+        .await
+        .unwrap();
+    let metrics = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in [
         "qwp_api_jobs_accepted_total 2",
         "qwp_api_result_wait_timeouts_total 1",
         r#"qwp_api_http_requests_total{route="/jobs",method="POST",status="202"} 2"#,
         r#"qwp_api_http_requests_total{route="/readyz",method="GET",status="200"} 1"#,
     ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in:\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in:\n{metrics}"
+        );
     }
     assert!(metrics.contains(r#"qwp_api_http_request_duration_seconds_count{route="/jobs"} 2"#));
     server.shutdown().await;
@@ -625,7 +872,10 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
     };
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qwp-api-server"))
         .env("PORT", port.to_string())
-        .env("AWS_ENDPOINT_URL", stack.config.aws_endpoint_url.as_deref().unwrap())
+        .env(
+            "AWS_ENDPOINT_URL",
+            stack.config.aws_endpoint_url.as_deref().unwrap(),
+        )
         .env("S3_IN_BUCKET", &stack.config.s3_in_bucket)
         .env("S3_OUT_BUCKET", &stack.config.s3_out_bucket)
         .env("SQS_QUEUE_URL", &stack.queue_url)
@@ -638,23 +888,48 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while client.get(format!("{base}/health")).send().await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "server never answered /health");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server never answered /health"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // A request that would wait up to 60 s for a result no worker will produce.
-    let waiting = tokio::spawn(client.post(format!("{base}/jobs?filename=t")).body("t").send());
+    let waiting = tokio::spawn(
+        client
+            .post(format!("{base}/jobs?filename=t"))
+            .body("t")
+            .send(),
+    );
     loop {
-        let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-        if metrics.lines().any(|l| l == "qwp_api_result_pollers_active 1") {
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l == "qwp_api_result_pollers_active 1")
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "request never started waiting");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request never started waiting"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(killed.success());
 
     // The request in flight is answered (202, poll later), not cut off.
@@ -665,7 +940,10 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         .expect("server did not exit after SIGTERM")
         .unwrap();
     assert!(exit.success(), "exit status {exit:?}");
-    assert!(client.get(format!("{base}/health")).send().await.is_err(), "still accepting");
+    assert!(
+        client.get(format!("{base}/health")).send().await.is_err(),
+        "still accepting"
+    );
     // The job it accepted is really queued.
     assert_eq!(queued_bodies(&stack).await.len(), 1);
 }
