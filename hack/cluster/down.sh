@@ -67,6 +67,7 @@ done
 stop containerd
 # containerd 1.6 puts shim sockets in /run/containerd/s regardless of its state dir
 rmdir /run/containerd/s /run/containerd 2>/dev/null
+rmdir /run/netns 2>/dev/null  # created by containerd for pod netns; removed only if empty
 
 # 4. Processes left in the kubelet's pod cgroups (cgroupfs driver: <controller>/kubepods), then the cgroups.
 for cg in /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/unified/kubepods; do

@@ -64,6 +64,14 @@ for port in ${QWP_HOST_PORTS:-4566}; do
   iptables -t nat -A QWP-HOST-FWD -p tcp --dport "$port" -j DNAT --to-destination "127.0.0.1:$port"
 done
 
+# Pods get no route off this machine: anything forwarded from the pod bridge to another
+# interface is rejected (pods still reach each other, Services, and the host itself). Without
+# it, e.g. the AWS SDK's IMDS probe (169.254.169.254) would leave the machine.
+iptables -N QWP-EGRESS 2>/dev/null || iptables -F QWP-EGRESS
+iptables -A QWP-EGRESS -o "$BRIDGE_NAME" -j RETURN
+iptables -A QWP-EGRESS -j REJECT --reject-with icmp-net-unreachable
+iptables -C FORWARD -i "$BRIDGE_NAME" -j QWP-EGRESS 2>/dev/null || iptables -I FORWARD 1 -i "$BRIDGE_NAME" -j QWP-EGRESS
+
 mkdir -p "$STATE_DIR/cni/net.d" "$STATE_DIR/cni/ipam"
 cat > "$STATE_DIR/cni/net.d/10-qwp.conflist" <<EOF
 {
@@ -71,7 +79,7 @@ cat > "$STATE_DIR/cni/net.d/10-qwp.conflist" <<EOF
   "name": "qwp",
   "plugins": [
     {
-      "type": "bridge", "bridge": "$BRIDGE_NAME", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+      "type": "bridge", "bridge": "$BRIDGE_NAME", "isGateway": true, "ipMasq": false, "hairpinMode": true,
       "ipam": {
         "type": "host-local", "dataDir": "$STATE_DIR/cni/ipam",
         "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$BRIDGE_ADDR"}]],
