@@ -16,6 +16,8 @@ pub const GROUP: &str = "queueworker.io";
 pub const POOL_LABEL: &str = "queueworker.io/pool";
 
 /// A pool of queue workers: a Deployment whose replicas follow the depth of one SQS queue.
+// Several `printcolumn(type_ = "integer", …)` look like duplicated attributes to clippy.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "queueworker.io",
