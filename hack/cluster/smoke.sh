@@ -22,6 +22,8 @@ kubectl create namespace "$NS" >/dev/null
 for _ in $(seq 60); do k get serviceaccount default >/dev/null 2>&1 && break; sleep 0.5; done
 
 # 1 --------------------------------------------------------------------------------------------
+if st=$("$CLUSTER_DIR/status.sh" 2>&1); then ok "all cluster processes running"
+else fail "cluster processes: $(grep stopped <<<"$st" | tr -s ' ' | tr '\n' ';')"; fi
 if kubectl wait --for=condition=Ready "node/$NODE_NAME" --timeout=30s >/dev/null; then
   ok "node $NODE_NAME Ready ($(kubectl get node "$NODE_NAME" -o jsonpath='{.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}'))"
 else

@@ -34,10 +34,15 @@ wait_for() { # wait_for <what> <seconds> <cmd...>
   for ((i = 0; i < secs * 2; i++)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
   die "timed out after ${secs}s waiting for $what (logs: $LOG_DIR)"
 }
+write_if_changed() { # write_if_changed <file> < content: components restart or exit when configs change
+  local f=$1 tmp; tmp=$(mktemp)
+  cat > "$tmp"
+  if [[ -f $f ]] && cmp -s "$tmp" "$f"; then rm -f "$tmp"; else mv "$tmp" "$f"; chmod 644 "$f"; fi
+}
 check_alive() { running "$1" || die "$1 exited; last log lines:"$'\n'"$(tail -n 30 "$LOG_DIR/$1.log")"; }
 
 # --- host settings (previous values saved once, restored by cluster-down) -------------------
-SYSCTLS=(net/ipv4/ip_forward=1 net/bridge/bridge-nf-call-iptables=1 net/bridge/bridge-nf-call-ip6tables=1
+SYSCTLS=(net/ipv4/conf/all/route_localnet=0 net/ipv4/ip_forward=1 net/bridge/bridge-nf-call-iptables=1 net/bridge/bridge-nf-call-ip6tables=1
          vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1
          kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000)
 if [[ ! -f $STATE_DIR/sysctl.saved ]]; then
@@ -73,7 +78,7 @@ iptables -A QWP-EGRESS -j REJECT --reject-with icmp-net-unreachable
 iptables -C FORWARD -i "$BRIDGE_NAME" -j QWP-EGRESS 2>/dev/null || iptables -I FORWARD 1 -i "$BRIDGE_NAME" -j QWP-EGRESS
 
 mkdir -p "$STATE_DIR/cni/net.d" "$STATE_DIR/cni/ipam"
-cat > "$STATE_DIR/cni/net.d/10-qwp.conflist" <<EOF
+write_if_changed "$STATE_DIR/cni/net.d/10-qwp.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "qwp",
@@ -95,7 +100,7 @@ EOF
 RESTRICT_OOM=false
 if ! (echo -999 > /proc/self/oom_score_adj) 2>/dev/null; then RESTRICT_OOM=true; fi
 mkdir -p "$STATE_DIR/containerd" "$RUN_DIR/containerd"
-cat > "$STATE_DIR/containerd/config.toml" <<EOF
+write_if_changed "$STATE_DIR/containerd/config.toml" <<EOF
 version = 2
 root = "$STATE_DIR/containerd/root"
 state = "$RUN_DIR/containerd/state"
@@ -179,7 +184,7 @@ if ! findmnt -n "$KUBELET_DIR" >/dev/null; then
   mount --bind "$KUBELET_DIR" "$KUBELET_DIR"
   mount --make-rshared "$KUBELET_DIR"
 fi
-cat > "$STATE_DIR/kubelet-config.yaml" <<EOF
+write_if_changed "$STATE_DIR/kubelet-config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
@@ -222,7 +227,7 @@ start kubelet kubelet --config "$STATE_DIR/kubelet-config.yaml" --kubeconfig "$P
   --root-dir "$KUBELET_DIR" --hostname-override "$NODE_NAME" --node-ip "$BRIDGE_ADDR"
 
 # --- kube-proxy (ClusterIP Services) -------------------------------------------------------------
-cat > "$STATE_DIR/kube-proxy-config.yaml" <<EOF
+write_if_changed "$STATE_DIR/kube-proxy-config.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $P/kube-proxy.kubeconfig}
@@ -233,6 +238,8 @@ bindAddress: 0.0.0.0
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
 conntrack: {maxPerCore: 0, min: 0}
+# NodePorts only on the node address: otherwise kube-proxy sets route_localnet=1 host-wide
+nodePortAddresses: ["$BRIDGE_ADDR/32"]
 iptables: {masqueradeAll: false, syncPeriod: 10s, minSyncPeriod: 1s}
 EOF
 start kube-proxy kube-proxy --config "$STATE_DIR/kube-proxy-config.yaml" --v=1
