@@ -1,0 +1,235 @@
+//! The two autoscalers under comparison. Both see the same exact queue numbers; they differ
+//! in how often they look and what they do with what they see.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use qwp_operator::decision::{Autoscaler, QueueDepth, ScalingPolicy};
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Observation {
+    pub visible: u64,
+    pub in_flight: u64,
+}
+
+pub trait Scaler {
+    fn name(&self) -> &'static str;
+    /// Called every simulation tick; returns the replicas to set when the scaler acts.
+    fn tick(&mut self, now_ms: u64, observed: Observation, replicas: u32) -> Option<u32>;
+}
+
+/// qwp with the QueueWorkerPool defaults: poll every 5 s, target backlog per pod =
+/// concurrency, in-flight counted, scale-up immediate, scale-down after a 60 s window.
+pub struct Qwp {
+    policy: ScalingPolicy,
+    autoscaler: Autoscaler,
+    poll_ms: u64,
+    epoch: Instant,
+}
+
+impl Qwp {
+    pub fn with_defaults(concurrency: u32, max_replicas: u32) -> Self {
+        let mut policy = ScalingPolicy::new(0, max_replicas);
+        policy.target_backlog_per_pod = concurrency;
+        Qwp {
+            policy,
+            autoscaler: Autoscaler::default(),
+            poll_ms: 5_000,
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Scaler for Qwp {
+    fn name(&self) -> &'static str {
+        "qwp"
+    }
+
+    fn tick(&mut self, now_ms: u64, observed: Observation, replicas: u32) -> Option<u32> {
+        if !now_ms.is_multiple_of(self.poll_ms) {
+            return None;
+        }
+        let depth = QueueDepth {
+            visible: observed.visible,
+            in_flight: observed.in_flight,
+            delayed: 0,
+        };
+        let now = self.epoch + Duration::from_millis(now_ms);
+        Some(
+            self.autoscaler
+                .step(&self.policy, Some(&depth), replicas, now)
+                .replicas,
+        )
+    }
+}
+
+/// KEDA's `aws-sqs-queue` scaler driving an HPA, all settings at their defaults:
+/// - KEDA polls the metric (visible + in flight) every 30 s (`pollingInterval`); at each poll
+///   it activates a pool at zero (replicas → 1) when the metric exceeds the activation value
+///   (0), and scales an inactive pool to zero once `cooldownPeriod` (300 s) has passed since
+///   it was last active.
+/// - The HPA syncs every 15 s on the last polled value with target `queueLength` per pod
+///   (AverageValue): it changes replicas only when |1 − metric/(queueLength × current)| > 0.1,
+///   to ceil(metric / queueLength) within [1, max]; scale-up at most max(+4 pods, +100 %)
+///   per 15 s; scale-down to the highest recommendation of the last 300 s.
+pub struct KedaHpa {
+    queue_length: u32,
+    max_replicas: u32,
+    polling_interval_ms: u64,
+    hpa_sync_ms: u64,
+    cooldown_ms: u64,
+    down_stabilization_ms: u64,
+    tolerance: f64,
+    metric: u64,
+    last_active_ms: Option<u64>,
+    recommendations: VecDeque<(u64, u32)>,
+}
+
+impl KedaHpa {
+    pub fn with_defaults(queue_length: u32, max_replicas: u32) -> Self {
+        KedaHpa {
+            queue_length: queue_length.max(1),
+            max_replicas,
+            polling_interval_ms: 30_000,
+            hpa_sync_ms: 15_000,
+            cooldown_ms: 300_000,
+            down_stabilization_ms: 300_000,
+            tolerance: 0.1,
+            metric: 0,
+            last_active_ms: None,
+            recommendations: VecDeque::new(),
+        }
+    }
+
+    fn keda_poll(&mut self, now_ms: u64, observed: Observation, replicas: u32) -> Option<u32> {
+        self.metric = observed.visible + observed.in_flight;
+        if self.metric > 0 {
+            self.last_active_ms = Some(now_ms);
+            if replicas == 0 {
+                return Some(1);
+            }
+        } else if replicas > 0 {
+            let idle_since = self.last_active_ms.unwrap_or(0);
+            if now_ms.saturating_sub(idle_since) >= self.cooldown_ms {
+                self.recommendations.clear();
+                return Some(0);
+            }
+        }
+        None
+    }
+
+    fn hpa_sync(&mut self, now_ms: u64, replicas: u32) -> Option<u32> {
+        if replicas == 0 {
+            return None; // the HPA is idle while KEDA holds the pool at zero
+        }
+        let target = f64::from(self.queue_length);
+        let ratio = self.metric as f64 / (target * f64::from(replicas));
+        let recommendation = if (1.0 - ratio).abs() <= self.tolerance {
+            replicas
+        } else {
+            let wanted = self.metric.div_ceil(u64::from(self.queue_length));
+            u32::try_from(wanted)
+                .unwrap_or(u32::MAX)
+                .clamp(1, self.max_replicas)
+        };
+        self.recommendations.push_back((now_ms, recommendation));
+        while self
+            .recommendations
+            .front()
+            .is_some_and(|(at, _)| now_ms - at >= self.down_stabilization_ms)
+        {
+            self.recommendations.pop_front();
+        }
+        let mut desired = recommendation;
+        if desired < replicas {
+            let highest = self
+                .recommendations
+                .iter()
+                .map(|(_, r)| *r)
+                .max()
+                .unwrap_or(desired);
+            desired = highest.min(replicas);
+        }
+        if desired > replicas {
+            let up_limit = replicas + replicas.max(4);
+            desired = desired.min(up_limit);
+        }
+        (desired != replicas).then_some(desired)
+    }
+}
+
+impl Scaler for KedaHpa {
+    fn name(&self) -> &'static str {
+        "keda+hpa"
+    }
+
+    fn tick(&mut self, now_ms: u64, observed: Observation, replicas: u32) -> Option<u32> {
+        if now_ms.is_multiple_of(self.polling_interval_ms)
+            && let Some(r) = self.keda_poll(now_ms, observed, replicas)
+        {
+            // The HPA resumes at its next sync after an activation, not in the same instant.
+            return Some(r);
+        }
+        if now_ms.is_multiple_of(self.hpa_sync_ms) {
+            return self.hpa_sync(now_ms, replicas);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observe(visible: u64) -> Observation {
+        Observation {
+            visible,
+            in_flight: 0,
+        }
+    }
+
+    #[test]
+    fn keda_wakes_at_poll_then_hpa_grows_by_at_most_max_4_or_double() {
+        let mut keda = KedaHpa::with_defaults(5, 15);
+        assert_eq!(keda.tick(0, observe(1000), 0), Some(1));
+        // HPA sync at 15 s: from 1 pod at most +4.
+        assert_eq!(keda.tick(15_000, observe(1000), 1), Some(5));
+        assert_eq!(keda.tick(30_000, observe(1000), 5), Some(10));
+        assert_eq!(keda.tick(45_000, observe(1000), 10), Some(15));
+    }
+
+    #[test]
+    fn keda_ignores_changes_within_tolerance() {
+        let mut keda = KedaHpa::with_defaults(5, 15);
+        keda.tick(0, observe(50), 0);
+        // 52 / (5 × 10) = 1.04: within 10 %, no change.
+        assert_eq!(keda.tick(30_000, observe(52), 10), None);
+    }
+
+    #[test]
+    fn hpa_scales_down_only_after_its_stabilization_window() {
+        let mut keda = KedaHpa::with_defaults(5, 15);
+        keda.tick(0, observe(50), 0);
+        assert_eq!(keda.tick(15_000, observe(50), 1), Some(5));
+        // A small backlog keeps KEDA active; the HPA holds the highest recommendation of
+        // the last 300 s (5, made at 15 s).
+        assert_eq!(keda.tick(30_000, observe(3), 5), None);
+        assert_eq!(keda.tick(300_000, observe(3), 5), None);
+        assert_eq!(keda.tick(315_000, observe(3), 5), Some(1));
+    }
+
+    #[test]
+    fn keda_scales_to_zero_after_cooldown_since_last_active_poll() {
+        let mut keda = KedaHpa::with_defaults(5, 15);
+        keda.tick(0, observe(50), 0);
+        assert_eq!(keda.tick(270_000, observe(0), 1), None);
+        assert_eq!(keda.tick(300_000, observe(0), 1), Some(0));
+    }
+
+    #[test]
+    fn qwp_polls_every_five_seconds_and_scales_up_at_once() {
+        let mut qwp = Qwp::with_defaults(5, 15);
+        assert_eq!(qwp.tick(100, observe(1000), 0), None);
+        assert_eq!(qwp.tick(5_000, observe(1000), 0), Some(15));
+    }
+}
