@@ -27,6 +27,17 @@ build() { # build <tools-dir> <ldflags> <pkg>...
   log "built ${missing[*]##*/} in $((SECONDS - t0))s"
 }
 
+# A copy outside the work tree (kept on this machine) lets fresh clones, such as CI's, skip the
+# build: keyed by the Kubernetes version and a hash of the pinned tools modules.
+PINS=$(cat "$TOOLS_DIR"/*/go.mod | sha256sum | cut -c1-12)
+SHARED_DIR="${QWP_CLUSTER_BIN_CACHE:-$HOME/.cache/qwp-cluster}/$K8S_VERSION-$PINS/bin"
+ALL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm)
+for b in "${ALL[@]}"; do
+  if [[ ! -x $BIN_DIR/$b && -x $SHARED_DIR/$b ]]; then
+    cp -l "$SHARED_DIR/$b" "$BIN_DIR/$b" 2>/dev/null || cp "$SHARED_DIR/$b" "$BIN_DIR/$b"
+  fi
+done
+
 T0=$SECONDS
 # `go build -o dir/` names the etcd main package go.etcd.io/etcd/server/v3 "server"
 [[ -x "$BIN_DIR/etcd" ]] || { build etcd "" go.etcd.io/etcd/server/v3 && mv "$BIN_DIR/server" "$BIN_DIR/etcd"; }
@@ -49,4 +60,10 @@ build k8s "$KLD" \
 HELM_VERSION=$(awk '$1=="require" && $2=="helm.sh/helm/v3" {print $3}' "$TOOLS_DIR/helm/go.mod")
 build helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 
+mkdir -p "$SHARED_DIR"
+for b in "${ALL[@]}"; do
+  [[ $BIN_DIR/$b -ef $SHARED_DIR/$b ]] && continue
+  rm -f "$SHARED_DIR/$b"
+  cp -l "$BIN_DIR/$b" "$SHARED_DIR/$b" 2>/dev/null || cp "$BIN_DIR/$b" "$SHARED_DIR/$b"
+done
 log "binaries ready in $BIN_DIR ($((SECONDS - T0))s)"
