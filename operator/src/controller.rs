@@ -146,6 +146,19 @@ async fn reconcile_inner(pool: &QueueWorkerPool, ctx: &Context) -> Result<Action
     // Observe.
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let existing = deployments.get_opt(&name).await?;
+    if let Some(other) = existing.as_ref().filter(|d| !is_owned_by(d, pool)) {
+        // Never take over (and later garbage-collect) a Deployment the pool did not create.
+        let error = Error::DeploymentNotOwned(other.name_any());
+        publish(
+            ctx,
+            pool,
+            EventType::Warning,
+            "DeploymentNotOwned",
+            error.to_string(),
+        )
+        .await;
+        return Err(error);
+    }
     let current = current_replicas(existing.as_ref());
     let (reading, fresh) = read_queue(pool, ctx, &key, &namespace, poll, current).await;
 
@@ -240,6 +253,14 @@ async fn reconcile_inner(pool: &QueueWorkerPool, ctx: &Context) -> Result<Action
         info!(%namespace, pool = %name, from = current, to = decision.replicas, reason = %decision.reason, "scaled");
     }
     Ok(Action::requeue(poll))
+}
+
+fn is_owned_by(deployment: &Deployment, pool: &QueueWorkerPool) -> bool {
+    let uid = pool.uid();
+    deployment
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
 }
 
 /// The queue depth: a fresh read, or the last one when it is younger than the poll interval

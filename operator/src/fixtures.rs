@@ -689,4 +689,31 @@ mod scenarios {
                 .contains(r#"qwp_operator_reconcile_errors_total{error="deployment_apply"} 2"#)
         );
     }
+
+    #[tokio::test]
+    async fn a_deployment_of_someone_else_is_not_taken_over() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth::default()));
+        let pool = QueueWorkerPool::test(json!({}));
+        let foreign = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": POOL, "namespace": NS},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "x"}},
+                     "template": {"metadata": {"labels": {"app": "x"}},
+                                  "spec": {"containers": [{"name": "x", "image": "x"}]}}}});
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::Json(foreign)),
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["reason"], "DeploymentNotOwned");
+                    }),
+                ],
+            )
+            .await;
+        assert!(
+            matches!(result, Err(crate::Error::DeploymentNotOwned(_))),
+            "{result:?}"
+        );
+    }
 }

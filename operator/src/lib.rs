@@ -28,6 +28,10 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("pool {0} has no namespace (QueueWorkerPool is namespaced)")]
     MissingNamespace(String),
+    #[error(
+        "Deployment {0} exists but belongs to someone else; rename the pool or delete the Deployment"
+    )]
+    DeploymentNotOwned(String),
     #[error("applying Deployment {name} failed: {source}")]
     DeploymentApply {
         name: String,
@@ -42,6 +46,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::MissingNamespace(_) => "missing_namespace",
+            Error::DeploymentNotOwned(_) => "deployment_not_owned",
             Error::DeploymentApply { .. } => "deployment_apply",
         }
     }
