@@ -1,0 +1,49 @@
+//! The operator, installed once per suite run with the chart (`helm upgrade --install
+//! --wait`), as a user would install it.
+
+use std::sync::Mutex;
+
+use crate::cmd;
+use crate::settings::Settings;
+
+static INSTALLED: Mutex<bool> = Mutex::new(false);
+
+/// Installs (or upgrades) the chart with the operator into the operator namespace and waits
+/// for it to be Ready. Runs helm once per test binary; later calls return at once.
+pub fn ensure_operator_installed() {
+    let mut installed = INSTALLED.lock().unwrap_or_else(|e| e.into_inner());
+    if *installed {
+        return;
+    }
+    let s = Settings::get();
+    let chart = s.chart_dir();
+    let chart = chart.to_str().expect("chart path is UTF-8");
+    // A new annotation per run rolls the operator pod, so freshly loaded images are used.
+    let run_id = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs());
+    let mut sets = vec![
+        format!("image.tag={}", s.image_tag),
+        format!("image.registry={}", s.image_registry),
+        "operator.logLevel=info".to_string(),
+        format!("operator.podAnnotations.qwp-e2e-run={run_id}"),
+    ];
+    if let Some(extra) = &s.extra_helm_set {
+        sets.push(extra.clone());
+    }
+    let mut args = vec![
+        "upgrade", "--install", &s.release, chart, "--namespace", &s.operator_namespace,
+        "--create-namespace", "--wait", "--timeout", "180s",
+    ];
+    for set in &sets {
+        args.push("--set");
+        args.push(set);
+    }
+    let started = std::time::Instant::now();
+    cmd::must("helm", &args);
+    eprintln!(
+        "[e2e] helm upgrade --install {} in {} took {:.1} s",
+        s.release,
+        s.operator_namespace,
+        started.elapsed().as_secs_f64()
+    );
+    *installed = true;
+}

@@ -1,0 +1,108 @@
+//! Jobs put straight on a test's queue (input object first, message second, as the API server
+//! does), and the results read back from the output bucket.
+
+use std::collections::HashMap;
+
+use futures::{StreamExt, TryStreamExt};
+use qwp_jobs::result::JobResult;
+use qwp_jobs::testing::TestStack;
+use qwp_jobs::{Filename, JobId, JobMessage};
+
+/// Queues `count` jobs named `job-<i>.txt`; returns their ids.
+pub async fn submit_direct(stack: &TestStack, count: usize) -> Vec<JobId> {
+    futures::stream::iter(0..count)
+        .map(|i| async move {
+            let filename = Filename::parse(&format!("job-{i}.txt")).expect("valid filename");
+            let message = JobMessage::new(JobId::new(), filename);
+            stack
+                .clients
+                .s3
+                .put_object()
+                .bucket(&stack.config.s3_in_bucket)
+                .key(message.input_key())
+                .body(format!("job {i}").into_bytes().into())
+                .send()
+                .await
+                .expect("upload the job's input");
+            stack
+                .clients
+                .sqs
+                .send_message()
+                .queue_url(&stack.queue_url)
+                .message_body(message.encode())
+                .send()
+                .await
+                .expect("send the job's message");
+            message.job_id
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await
+}
+
+/// Keys in the output bucket (one per stored result).
+pub async fn result_keys(stack: &TestStack) -> Vec<String> {
+    let pages = stack
+        .clients
+        .s3
+        .list_objects_v2()
+        .bucket(&stack.config.s3_out_bucket)
+        .into_paginator()
+        .send();
+    let mut keys = Vec::new();
+    let mut pages = std::pin::pin!(pages);
+    while let Some(page) = pages.next().await {
+        let page = page.expect("list the output bucket");
+        keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+    }
+    keys
+}
+
+/// Every stored result, by job id.
+pub async fn results(stack: &TestStack) -> HashMap<String, JobResult> {
+    let keys = result_keys(stack).await;
+    futures::stream::iter(keys)
+        .map(|key| async move {
+            let object = stack
+                .clients
+                .s3
+                .get_object()
+                .bucket(&stack.config.s3_out_bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| format!("get result {key}: {e}"))?;
+            let bytes = object.body.collect().await.map_err(|e| format!("read result {key}: {e}"))?.into_bytes();
+            let result = JobResult::from_json_bytes(&bytes).map_err(|e| format!("result {key} is not a result document: {e}"))?;
+            Ok::<_, String>((key, result))
+        })
+        .buffer_unordered(16)
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Asserts that each of `ids` has exactly one stored result, `done`, for that job, with the
+/// sleep processor's output; and that there are no other results.
+pub async fn assert_all_done(stack: &TestStack, ids: &[JobId]) {
+    let results = results(stack).await;
+    let mut missing = Vec::new();
+    for id in ids {
+        let key = qwp_jobs::keys::output_key(id);
+        match results.get(&key) {
+            None => missing.push(id.to_string()),
+            Some(result) => {
+                assert_eq!(&result.job_id, id, "result {key} names another job");
+                match &result.outcome {
+                    qwp_jobs::result::Outcome::Done { result } => assert!(
+                        result.get("slept_ms").and_then(|v| v.as_u64()).is_some(),
+                        "job {id}: result has no slept_ms: {result}"
+                    ),
+                    qwp_jobs::result::Outcome::Failed { error } => panic!("job {id} failed: {error}"),
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{} of {} jobs have no result: {:?}", missing.len(), ids.len(), &missing[..missing.len().min(10)]);
+    assert_eq!(results.len(), ids.len(), "the output bucket holds results of jobs nobody submitted");
+}

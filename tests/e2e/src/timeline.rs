@@ -1,0 +1,165 @@
+//! The burst timeline: one sample per second of queue depth (SQS), desired replicas (pool
+//! status) and ready replicas (Deployment), written as CSV and drawn as a PNG.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use plotters::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// Seconds since the burst started.
+    pub t: f64,
+    pub visible: u64,
+    pub in_flight: u64,
+    pub desired: i32,
+    pub ready: i32,
+}
+
+pub const CSV_HEADER: &str = "t_seconds,visible,in_flight,desired,ready";
+
+pub fn to_csv(samples: &[Sample]) -> String {
+    let mut csv = format!("{CSV_HEADER}\n");
+    for s in samples {
+        let _ = writeln!(csv, "{:.1},{},{},{},{}", s.t, s.visible, s.in_flight, s.desired, s.ready);
+    }
+    csv
+}
+
+/// Fonts tried for the labels, first found wins (`E2E_FONT` overrides).
+const FONT_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+];
+
+/// Registers a font for plotters once; false when none is found (the plot is drawn without
+/// text then).
+fn font_available() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        let candidates = std::env::var("E2E_FONT").ok().into_iter().chain(FONT_PATHS.iter().map(|p| p.to_string()));
+        for path in candidates {
+            if let Ok(bytes) = std::fs::read(&path) {
+                // plotters keeps a &'static reference; one font per process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// Draws visible, in flight (left axis, messages) and desired, ready (right axis, pods).
+pub fn render_png(samples: &[Sample], title: &str, path: &Path) -> Result<(), String> {
+    let with_text = font_available();
+    let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let t_max = samples.iter().map(|s| s.t).fold(1.0, f64::max);
+    let messages_max = samples.iter().map(|s| s.visible.max(s.in_flight)).max().unwrap_or(1).max(1) as f64 * 1.1;
+    let pods_max = samples.iter().map(|s| s.desired.max(s.ready)).max().unwrap_or(1).max(1) as f64 + 1.0;
+
+    let mut builder = ChartBuilder::on(&root);
+    builder.margin(20);
+    if with_text {
+        builder
+            .caption(title, ("sans-serif", 24))
+            .x_label_area_size(45)
+            .y_label_area_size(60)
+            .right_y_label_area_size(60);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0.0..t_max, 0.0..messages_max)
+        .map_err(|e| e.to_string())?
+        .set_secondary_coord(0.0..t_max, 0.0..pods_max);
+    if with_text {
+        chart
+            .configure_mesh()
+            .x_desc("seconds since the burst started")
+            .y_desc("messages")
+            .label_style(("sans-serif", 16))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_secondary_axes()
+            .y_desc("pods")
+            .label_style(("sans-serif", 16))
+            .draw()
+            .map_err(|e| e.to_string())?;
+    } else {
+        chart.configure_mesh().disable_x_mesh().disable_y_mesh().x_labels(0).y_labels(0).draw().map_err(|e| e.to_string())?;
+    }
+
+    let series: [(&str, RGBColor, Box<dyn Fn(&Sample) -> f64>); 2] = [
+        ("visible", BLUE, Box::new(|s| s.visible as f64)),
+        ("in flight", RGBColor(0, 150, 200), Box::new(|s| s.in_flight as f64)),
+    ];
+    for (name, color, value) in series {
+        let drawn = chart
+            .draw_series(LineSeries::new(samples.iter().map(|s| (s.t, value(s))), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?;
+        if with_text {
+            drawn.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+        }
+    }
+    let pods: [(&str, RGBColor, Box<dyn Fn(&Sample) -> f64>); 2] = [
+        ("desired pods", RED, Box::new(|s| s.desired as f64)),
+        ("ready pods", RGBColor(0, 160, 0), Box::new(|s| s.ready as f64)),
+    ];
+    for (name, color, value) in pods {
+        let drawn = chart
+            .draw_secondary_series(LineSeries::new(samples.iter().map(|s| (s.t, value(s))), color.stroke_width(3)))
+            .map_err(|e| e.to_string())?;
+        if with_text {
+            drawn.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        }
+    }
+    if with_text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 16))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Sample> {
+        vec![
+            Sample { t: 0.0, visible: 500, in_flight: 0, desired: 0, ready: 0 },
+            Sample { t: 1.0, visible: 480, in_flight: 20, desired: 8, ready: 2 },
+            Sample { t: 2.5, visible: 0, in_flight: 0, desired: 0, ready: 0 },
+        ]
+    }
+
+    #[test]
+    fn csv_has_a_header_and_one_row_per_sample() {
+        let csv = to_csv(&samples());
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert_eq!(lines[2], "1.0,480,20,8,2");
+        assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn png_is_written() {
+        let dir = std::env::temp_dir().join(format!("qwp-e2e-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.png");
+        render_png(&samples(), "test", &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
