@@ -2,7 +2,8 @@
 # images.sh build|pause|load|list  — registry-free images for the cluster.
 #   pause  build the sandbox image ($SANDBOX_IMAGE) from images/pause.c (static C)
 #   build  build qwp-operator / qwp-api-server / qwp-worker images from target/release
-#          (whichever exist), plus qwp-testbox (static busybox shell, for smoke tests)
+#          (whichever exist), plus qwp-testbox (static busybox shell) and qwp-kubectl
+#          (the built kubectl) for smoke tests
 #   load   import every archive in .cache/cluster/images into containerd's k8s.io namespace
 #   list   list images in the cluster's containerd
 # Archives (.cache/cluster/images/*.tar) also load with `kind load image-archive` / `docker load`.
@@ -28,6 +29,13 @@ build_testbox() {
   [[ -x $bb ]] || die "busybox-static is required for the test image (hack/cluster/install-deps.sh)"
   [[ -f $out && $out -nt $bb && $out -nt $CLUSTER_DIR/ociimage.py ]] && return 0
   "$BUILD" --busybox "$bb" --dest /bin/sh --entrypoint '["/bin/sh"]' "$bb" "qwp-testbox:$TAG" "$out"
+}
+
+build_kubectl() { # in-cluster API client for smoke tests (kubectl is static: no libraries)
+  local out="$IMAGES_DIR/qwp-kubectl.tar" bin="$BIN_DIR/kubectl"
+  [[ -x $bin ]] || return 0
+  [[ -f $out && $out -nt $bin ]] && return 0
+  "$BUILD" "$bin" "qwp-kubectl:$TAG" "$out"
 }
 
 build_qwp() {
@@ -58,7 +66,7 @@ load() {
 
 case "${1:-}" in
   pause) build_pause ;;
-  build) build_pause; build_testbox; build_qwp ;;
+  build) build_pause; build_testbox; build_kubectl; build_qwp ;;
   load) load ;;
   list) ctr_ images ls ;;
   *) echo "usage: $0 build|pause|load|list" >&2; exit 2 ;;

@@ -3,6 +3,7 @@
 #  1. node Ready                       4. SIGTERM reaches the container, grace period honoured
 #  2. a pod runs, `kubectl logs` works 5. ClusterIP Service (kube-proxy) and pod -> host address
 #  3. Deployment 0 -> 3 -> 0           6. qwp-* images (if imported) start their binary
+#  (5 also: in-cluster API access with a service account token, from the qwp-kubectl image)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 NS=qwp-smoke
@@ -137,6 +138,36 @@ else fail "pod -> ClusterIP $SVC_IP:80: $out"; fi
 out=$(k exec hello -- sh -c "nc -w 3 $KUBERNETES_SVC_IP 443 </dev/null && echo open" 2>&1 || true)
 if [[ $out == *open* ]]; then ok "pod -> kubernetes Service $KUBERNETES_SVC_IP:443 reachable"
 else fail "pod -> kubernetes Service $KUBERNETES_SVC_IP:443: $out"; fi
+# in-cluster API access with a service account token (what the operator does)
+cat <<EOF | k apply -f - >/dev/null
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: reader}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: reader-view}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}
+subjects: [{kind: ServiceAccount, name: reader, namespace: $NS}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: incluster}
+spec:
+  serviceAccountName: reader
+  restartPolicy: Never
+  containers:
+  - {name: main, image: "qwp-kubectl:${QWP_IMAGE_TAG:-dev}", imagePullPolicy: Never, args: ["get", "pod", "hello", "-o", "name"]}
+EOF
+phase=""
+for _ in $(seq 60); do
+  phase=$(k get pod incluster -o jsonpath='{.status.phase}' 2>/dev/null)
+  [[ $phase == Succeeded || $phase == Failed ]] && break
+  sleep 1
+done
+out=$(k logs incluster 2>&1 || true)
+if [[ $phase == Succeeded && $out == "pod/hello" ]]; then ok "pod -> API server over TLS with its service account token (kubectl in a pod: $out)"
+else fail "in-cluster API access: phase=$phase logs: $out"; fi
 # host services through QWP_HOST_ADDR (LocalStack on 127.0.0.1:4566 when it runs)
 if (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null; then
   out=$(k exec hello -- sh -c "nc -w 3 $QWP_HOST_ADDR 4566 </dev/null && echo open" 2>&1 || true)
