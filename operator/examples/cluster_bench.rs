@@ -52,6 +52,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    qwp_operator::install_crypto_provider();
     let client = Client::try_default().await?;
     let sdk =
         qwp_jobs::aws::sdk_config(Some(&args.endpoint), "us-east-1", Some(("test", "test"))).await;

@@ -19,6 +19,14 @@ mod fixtures;
 pub use controller::{Context, error_policy, reconcile, run};
 pub use crd::{QueueWorkerPool, QueueWorkerPoolSpec, QueueWorkerPoolStatus};
 
+/// Selects rustls' ring provider for the process. Call before building a kube `Client`: with
+/// both `ring` (kube) and `aws-lc-rs` (AWS SDK) compiled in, rustls cannot pick one itself and
+/// the client would panic.
+pub fn install_crypto_provider() {
+    // Err means a provider is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "qwp-operator";
 

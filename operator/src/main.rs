@@ -81,6 +81,7 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     qwp_jobs::telemetry::init_logging();
+    qwp_operator::install_crypto_provider();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
