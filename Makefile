@@ -11,7 +11,7 @@ export CARGO_BUILD_JOBS := $(CARGO_JOBS)
 include hack/localstack/localstack.mk
 -include hack/cluster/cluster.mk
 
-.PHONY: help build release fmt lint unit test up down smoke crds e2e ci
+.PHONY: help build release fmt lint unit test up down smoke crds e2e e2e-images kind-up kind-e2e kind-down ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -30,7 +30,8 @@ lint: ## Check formatting and clippy (warnings are errors)
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit: localstack-up ## Unit and LocalStack integration tests (no cluster)
-	$(CARGO) test --workspace --no-fail-fast
+	$(CARGO) test --workspace --exclude qwp-e2e --no-fail-fast
+	$(CARGO) test -p qwp-e2e --lib --test chart
 
 test: lint unit ## The whole suite: lint, unit and LocalStack integration tests
 
@@ -47,3 +48,21 @@ smoke: ## The seed smoke test against http://localhost:8000 (prints PASS)
 crds: ## Regenerate crds/ from the Rust types
 	$(CARGO) run -q -p qwp-operator --bin crdgen > crds/queueworkerpool.yaml
 	@if [ -d charts/qwp/crds ]; then cp crds/queueworkerpool.yaml charts/qwp/crds/queueworkerpool.yaml; fi
+
+# End-to-end (docs/e2e.md). Images are dev builds: fast to build, shared with the test builds.
+e2e-images: ## Build the three binaries (dev) and load them as images into the local cluster
+	$(CARGO) build --bins -p qwp-operator -p qwp-worker -p qwp-api-server
+	QWP_RELEASE_DIR=$(CURDIR)/target/debug $(MAKE) images-load
+
+e2e: localstack-up cluster-up e2e-images ## The end-to-end suite on the local cluster (helm install, burst, faults)
+	hack/e2e/run.sh
+
+# kind, for machines with Docker (cannot run on the build VMs; see docs/e2e.md).
+kind-up: ## kind: create the cluster, load the images, run LocalStack in it, helm install
+	hack/e2e/kind.sh up
+
+kind-e2e: ## kind: the end-to-end suite against the kind cluster
+	hack/e2e/kind.sh e2e
+
+kind-down: ## kind: delete the cluster
+	hack/e2e/kind.sh down

@@ -30,7 +30,7 @@ pub fn ensure_operator_installed() {
         sets.push(extra.clone());
     }
     let mut args = vec![
-        "upgrade", "--install", &s.release, chart, "--namespace", &s.operator_namespace,
+        "upgrade", "--install", &s.release, chart, "--namespace", &s.operator_namespace, "--reset-then-reuse-values",
         "--create-namespace", "--wait", "--timeout", "180s",
     ];
     for set in &sets {

@@ -1,0 +1,682 @@
+//! The end-to-end suite on a real cluster (`make e2e`): the chart, the operator, the API
+//! server and workers as pods, LocalStack as S3 and SQS. Each test runs in its own namespace
+//! with its own queue and buckets; run them one at a time (`--test-threads=1`): they share
+//! the operator, and test 5 restarts it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, ResourceExt};
+use qwp_e2e::api_server;
+use qwp_e2e::cmd;
+use qwp_e2e::install::ensure_operator_installed;
+use qwp_e2e::jobs::{assert_all_done, result_keys, submit_direct};
+use qwp_e2e::logs::{handed_back_jobs, redelivered_jobs};
+use qwp_e2e::pool::{PoolOptions, create_aws_secret, create_pool, pool_object};
+use qwp_e2e::proxy::OutageProxy;
+use qwp_e2e::timeline::{Sample, render_png, to_csv};
+use qwp_e2e::wait::{condition, pool_status, replicas, until};
+use qwp_e2e::{Settings, TestEnv, with_temp_ns};
+use qwp_jobs::testing::{TestStack, TestStackOptions};
+use qwp_operator::crd::QueueWorkerPool;
+use tokio::sync::watch;
+
+const SECOND: Duration = Duration::from_secs(1);
+const HALF_SECOND: Duration = Duration::from_millis(500);
+
+async fn stack(prefix: &str, visibility_timeout_seconds: u32) -> TestStack {
+    TestStack::new(
+        prefix,
+        TestStackOptions {
+            visibility_timeout_seconds,
+            max_receive_count: None,
+        },
+    )
+    .await
+}
+
+/// Waits until the Deployment of `pool` has `spec.replicas == want` (and as many ready when
+/// `ready` is set).
+async fn wait_replicas(env: &TestEnv, pool: &str, want: i32, ready: bool, timeout: Duration) {
+    until(&format!("{pool} at {want} replicas (ready: {ready})"), timeout, HALF_SECOND, || async {
+        let (spec, ready_now) = replicas(&env.client, &env.ns, pool).await;
+        if spec == want && (!ready || ready_now == want) {
+            Ok(())
+        } else {
+            Err(format!("spec.replicas={spec} ready={ready_now}"))
+        }
+    })
+    .await
+}
+
+async fn wait_results(stack: &TestStack, count: usize, timeout: Duration) {
+    until(&format!("{count} results in the output bucket"), timeout, SECOND, || async {
+        let stored = result_keys(stack).await.len();
+        if stored >= count { Ok(()) } else { Err(format!("{stored} stored")) }
+    })
+    .await
+}
+
+async fn wait_drained(stack: &TestStack, timeout: Duration) {
+    until("the queue to drain", timeout, SECOND, || async {
+        match stack.queue_depth().await {
+            (0, 0) => Ok(()),
+            (visible, in_flight) => Err(format!("visible={visible} in_flight={in_flight}")),
+        }
+    })
+    .await
+}
+
+/// 1. The chart installs the operator, which becomes Ready; `kubectl get qwp` shows the
+/// pool's backlog, desired and ready replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t1_helm_install_makes_the_operator_ready_and_kubectl_shows_the_pool() {
+    ensure_operator_installed();
+    with_temp_ns("t1_install", |env| async move {
+        let s = Settings::get();
+        let operator = qwp_e2e::wait::deployment(&env.client, &s.operator_namespace, &s.operator_deployment())
+            .await
+            .expect("the chart created the operator Deployment");
+        let status = operator.status.unwrap_or_default();
+        assert_eq!(status.ready_replicas, Some(1), "operator not Ready: {status:?}");
+
+        // Jobs that outlast the test: 3 jobs, at most 2 pods of one slot each, give a stable
+        // backlog of 3 (2 in flight + 1 visible), 2 desired and 2 ready.
+        let stack = stack("e2e-install", 60).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("columns");
+        options.max_replicas = 2;
+        options.sleep_seconds = "600".into();
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+        submit_direct(&stack, 3).await;
+        wait_replicas(&env, "columns", 2, true, Duration::from_secs(120)).await;
+
+        let table = until("kubectl get qwp to show backlog 3, desired 2, ready 2", Duration::from_secs(60), SECOND, || async {
+            let out = cmd::run_async("kubectl", vec!["-n".into(), env.ns.clone(), "get".into(), "qwp".into()]).await;
+            let lines: Vec<Vec<String>> =
+                out.stdout.lines().map(|l| l.split_whitespace().map(str::to_string).collect()).collect();
+            match lines.as_slice() {
+                [header, row] if row.len() == header.len() && row[2] == "3" && row[3] == "2" && row[4] == "2" => {
+                    Ok((header.clone(), row.clone()))
+                }
+                _ => Err(format!("{}{}", out.stdout, out.stderr)),
+            }
+        })
+        .await;
+        let (header, row) = table;
+        assert_eq!(header, ["NAME", "QUEUE", "BACKLOG", "DESIRED", "READY", "AGE"]);
+        assert_eq!(row[0], "columns");
+        assert!(row[1].ends_with(&stack.config.sqs_req_queue_name), "queue column {}", row[1]);
+    })
+    .await;
+}
+
+/// 2. The API server refuses invalid pools with the CRD's messages; nothing is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t2_invalid_pools_are_refused_with_readable_messages() {
+    ensure_operator_installed();
+    with_temp_ns("t2_invalid", |env| async move {
+        let valid = serde_json::json!({
+            "apiVersion": "queueworker.io/v1alpha1",
+            "kind": "QueueWorkerPool",
+            "metadata": {"name": "invalid"},
+            "spec": {
+                "queue": {"name": "jobs", "region": "us-east-1"},
+                "minReplicas": 0,
+                "maxReplicas": 3,
+                "template": {"spec": {"containers": [{"name": "worker", "image": "qwp-worker:dev"}]}},
+            },
+        });
+        let mutate = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut pool = valid.clone();
+            f(&mut pool["spec"]);
+            pool
+        };
+        let cases = [
+            (
+                "minReplicas above maxReplicas",
+                mutate(&|s| {
+                    s["minReplicas"] = 5.into();
+                    s["maxReplicas"] = 2.into();
+                }),
+                "maxReplicas must be greater than or equal to minReplicas",
+            ),
+            (
+                "concurrency 0",
+                mutate(&|s| s["concurrency"] = 0.into()),
+                "spec.concurrency in body should be greater than or equal to 1",
+            ),
+            (
+                "a queue with neither url nor name",
+                mutate(&|s| s["queue"] = serde_json::json!({"region": "us-east-1"})),
+                "set exactly one of queue.url or queue.name",
+            ),
+            (
+                "no queue at all",
+                mutate(&|s| {
+                    s.as_object_mut().unwrap().remove("queue");
+                }),
+                "spec.queue: Required value",
+            ),
+        ];
+        for (case, pool, message) in cases {
+            let out = cmd::run_with_stdin("kubectl", &["-n", &env.ns, "create", "-f", "-"], &pool.to_string());
+            assert!(!out.ok, "{case}: the API server accepted the pool: {}", out.stdout);
+            assert!(out.stderr.contains(message), "{case}: expected {message:?} in:\n{}", out.stderr);
+            eprintln!("[e2e] {case}: refused: {}", out.stderr.trim());
+        }
+        let pools: Api<QueueWorkerPool> = Api::namespaced(env.client.clone(), &env.ns);
+        assert!(pools.list(&ListParams::default()).await.unwrap().items.is_empty(), "an invalid pool was stored");
+        // And the valid one is accepted, so the refusals above were about the changes.
+        let out = cmd::run_with_stdin("kubectl", &["-n", &env.ns, "create", "-f", "-"], &valid.to_string());
+        assert!(out.ok, "the valid pool was refused: {}", out.stderr);
+    })
+    .await;
+}
+
+/// Samples queue depth (SQS), desired (pool status) and ready (Deployment) every second
+/// until `stop` is set.
+fn spawn_sampler(
+    client: Client,
+    ns: String,
+    pool: String,
+    stack: Arc<TestStack>,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<Sample>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let mut tick = tokio::time::interval(SECOND);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let (visible, in_flight) = stack.queue_depth().await;
+            let desired = pool_status(&client, &ns, &pool).await.map(|s| s.desired_replicas).unwrap_or(0);
+            let (_, ready) = replicas(&client, &ns, &pool).await;
+            samples.push(Sample { t: started.elapsed().as_secs_f64(), visible, in_flight, desired, ready });
+        }
+        samples
+    })
+}
+
+/// 3. Burst: 500 jobs through the API server's Service, `sleep` 1 s, concurrency 5, at most
+/// 8 pods. Pods go 0 → 8, every result is stored and correct, the queue drains and the pool
+/// returns to 0 within the scale-down window plus a poll. The timeline goes to
+/// out/burst-timeline.{csv,png}.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t3_burst_of_500_jobs_scales_out_completes_and_scales_back() {
+    ensure_operator_installed();
+    with_temp_ns("t3_burst", |env| async move {
+        const JOBS: usize = 500;
+        let stack = Arc::new(stack("e2e-burst", 30).await);
+        create_aws_secret(&env.client, &env.ns).await;
+        let api = api_server::install(&env, &stack).await;
+        eprintln!("[e2e] API server reached via {} at {}", api.via, api.base_url);
+
+        let mut options = PoolOptions::new("burst");
+        options.max_replicas = 8;
+        options.concurrency = 5;
+        options.sleep_seconds = "1".into();
+        options.scale_down_window_seconds = 20;
+        options.poll_interval_seconds = 2;
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+        until("the operator's first reading of the queue", Duration::from_secs(60), HALF_SECOND, || async {
+            match pool_status(&env.client, &env.ns, "burst").await {
+                Some(s) if s.backlog.is_some() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+
+        let started = Instant::now();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sampler = spawn_sampler(env.client.clone(), env.ns.clone(), "burst".into(), stack.clone(), started, stop_rx);
+
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        let submitted: Vec<Result<qwp_jobs::JobId, String>> = futures::stream::iter(0..JOBS)
+            .map(|i| {
+                let (http, api) = (&http, &api);
+                async move { api.submit(http, &format!("burst-{i}.txt"), format!("burst job {i}").into_bytes()).await }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let submit_seconds = started.elapsed().as_secs_f64();
+        let errors: Vec<&String> = submitted.iter().filter_map(|r| r.as_ref().err()).collect();
+        assert!(errors.is_empty(), "{} of {JOBS} submissions failed, first: {}", errors.len(), errors[0]);
+        let ids: Vec<qwp_jobs::JobId> = submitted.into_iter().map(Result::unwrap).collect();
+
+        wait_results(&stack, JOBS, Duration::from_secs(360)).await;
+        let results_seconds = started.elapsed().as_secs_f64();
+        wait_drained(&stack, Duration::from_secs(60)).await;
+        let drained_at = Instant::now();
+        let drained_seconds = started.elapsed().as_secs_f64();
+        until("desired replicas back at the minimum (0)", Duration::from_secs(120), HALF_SECOND, || async {
+            match pool_status(&env.client, &env.ns, "burst").await {
+                Some(s) if s.desired_replicas == 0 => Ok(()),
+                other => Err(format!("{:?}", other.map(|s| (s.desired_replicas, s.backlog)))),
+            }
+        })
+        .await;
+        let scale_down_seconds = drained_at.elapsed().as_secs_f64();
+        wait_replicas(&env, "burst", 0, false, Duration::from_secs(30)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop_tx.send_replace(true);
+        let samples = sampler.await.expect("sampler");
+
+        assert_all_done(&stack, &ids).await;
+        let peak_desired = samples.iter().map(|s| s.desired).max().unwrap_or(0);
+        let peak_ready = samples.iter().map(|s| s.ready).max().unwrap_or(0);
+        assert_eq!(samples.first().map(|s| s.desired), Some(0), "the pool did not start at 0");
+        assert_eq!(peak_desired, 8, "500 jobs at 5 per pod want the maximum, 8 pods");
+        assert!(peak_ready >= 2, "pods never went past {peak_ready} ready");
+        assert!(samples.iter().all(|s| s.desired <= 8), "desired exceeded maxReplicas");
+        // The window counts from the first poll that sees the empty queue (≤ one poll after
+        // it drained); one more poll for the reconcile that applies it.
+        let bound = f64::from(options.scale_down_window_seconds + 2 * options.poll_interval_seconds);
+        assert!(
+            scale_down_seconds <= bound,
+            "back at the minimum {scale_down_seconds:.1} s after the queue drained; expected within {bound} s"
+        );
+
+        let out = Settings::get().out_dir.clone();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("burst-timeline.csv"), to_csv(&samples)).unwrap();
+        render_png(&samples, "qwp burst: 500 jobs, sleep 1 s, concurrency 5, max 8 pods", &out.join("burst-timeline.png"))
+            .expect("render the timeline PNG");
+        let first_ready = samples.iter().find(|s| s.ready > 0).map(|s| s.t).unwrap_or(f64::NAN);
+        let first_full = samples.iter().find(|s| s.ready == 8).map(|s| s.t).unwrap_or(f64::NAN);
+        eprintln!(
+            "[e2e] burst: submitted {JOBS} in {submit_seconds:.1} s via {}; first pod ready at {first_ready:.0} s, \
+             8 ready at {first_full:.0} s; all results at {results_seconds:.1} s; drained at {drained_seconds:.1} s; \
+             desired back to 0 {scale_down_seconds:.1} s after draining (window {} s, poll {} s); timeline in {}",
+            api.via,
+            options.scale_down_window_seconds,
+            options.poll_interval_seconds,
+            out.join("burst-timeline.csv").display()
+        );
+    })
+    .await;
+}
+
+/// A pod's deletion-cost annotation (0 when absent).
+fn deletion_cost(pod: &Pod) -> i64 {
+    pod.annotations()
+        .get(qwp_operator::deletion_cost::DELETION_COST_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Each pod the ReplicaSet chose to delete: its cost and readiness then, and the lowest cost
+/// among the ready pods it kept.
+#[derive(Debug, Clone)]
+struct Removal {
+    pod: String,
+    cost: i64,
+    ready: bool,
+    lowest_kept_cost: Option<i64>,
+}
+
+fn spawn_removal_watch(client: Client, ns: String, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<Vec<Removal>> {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, &ns);
+        let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+        let mut removals = Vec::new();
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if let Ok(list) = pods.list(&ListParams::default().labels("queueworker.io/pool")).await {
+                let (deleting, kept): (Vec<&Pod>, Vec<&Pod>) =
+                    list.items.iter().partition(|p| p.metadata.deletion_timestamp.is_some());
+                let lowest_kept_cost = kept.iter().filter(|p| is_ready(p)).map(|p| deletion_cost(p)).min();
+                for pod in deleting {
+                    if seen.insert(pod.name_any(), ()).is_none() {
+                        removals.push(Removal { pod: pod.name_any(), cost: deletion_cost(pod), ready: is_ready(pod), lowest_kept_cost });
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        removals
+    })
+}
+
+/// 4. Scale-down safety: jobs of 2–20 s on single-slot pods, scale-down without a
+/// stabilization window, so the pool shrinks while some pods are still busy. No job is lost;
+/// the pods removed were the idle ones (deletion cost); interruptions and redeliveries are
+/// reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t4_scale_down_loses_no_job_and_removes_idle_pods_first() {
+    ensure_operator_installed();
+    with_temp_ns("t4_scale_down", |env| async move {
+        const JOBS: usize = 24;
+        let stack = stack("e2e-shrink", 30).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("shrink");
+        options.max_replicas = 6;
+        options.concurrency = 1;
+        options.sleep_seconds = "2-20".into();
+        options.scale_down_window_seconds = 0;
+        // A short drain: a busy pod that is removed hands its job back instead of finishing
+        // it, so removing busy pods would show up as interruptions.
+        options.drain_seconds = 2;
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let watcher = spawn_removal_watch(env.client.clone(), env.ns.clone(), stop_rx);
+
+        let ids = submit_direct(&stack, JOBS).await;
+        wait_results(&stack, JOBS, Duration::from_secs(300)).await;
+        wait_drained(&stack, Duration::from_secs(60)).await;
+        wait_replicas(&env, "shrink", 0, false, Duration::from_secs(60)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        stop_tx.send_replace(true);
+        let removals = watcher.await.expect("removal watcher");
+
+        assert_all_done(&stack, &ids).await;
+        let interrupted = handed_back_jobs(&env.logs);
+        let redelivered = redelivered_jobs(&env.logs);
+        let busy_removed_while_idle_kept: Vec<&Removal> = removals
+            .iter()
+            .filter(|r| r.ready && r.lowest_kept_cost.is_some_and(|kept| r.cost > kept))
+            .collect();
+        let shrinking: Vec<&Removal> = removals.iter().filter(|r| r.lowest_kept_cost.is_some()).collect();
+        eprintln!(
+            "[e2e] scale-down: {JOBS} jobs, all stored; {} pods removed ({} while others kept running), \
+             {} jobs interrupted and handed back, {} redelivered; removals: {removals:?}",
+            removals.len(),
+            shrinking.len(),
+            interrupted,
+            redelivered.len()
+        );
+        assert!(!shrinking.is_empty(), "the pool never shrank while pods were still running; the test proved nothing");
+        assert!(
+            busy_removed_while_idle_kept.is_empty(),
+            "busy pods were removed while idle ones were kept: {busy_removed_while_idle_kept:?}"
+        );
+        assert!(
+            redelivered.len() as u64 <= interrupted,
+            "jobs were redelivered without being handed back ({} > {interrupted}): a pod lost them",
+            redelivered.len()
+        );
+    })
+    .await;
+}
+
+/// 5a. A worker killed without grace mid-job: its job reappears after the visibility timeout
+/// and completes on the replacement pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t5a_a_killed_workers_job_is_redelivered_and_completes() {
+    ensure_operator_installed();
+    with_temp_ns("t5a_kill", |env| async move {
+        let stack = stack("e2e-kill", 12).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("kill");
+        options.min_replicas = 1;
+        options.max_replicas = 1;
+        options.sleep_seconds = "8".into();
+        options.visibility_timeout_seconds = 12;
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+        wait_replicas(&env, "kill", 1, true, Duration::from_secs(90)).await;
+
+        let ids = submit_direct(&stack, 1).await;
+        let job = ids[0].to_string();
+        let victim = until("the job to start on a worker", Duration::from_secs(60), HALF_SECOND, || async {
+            env.logs
+                .with_message("job started")
+                .into_iter()
+                .find(|(_, json)| qwp_e2e::logs::span_field(json, "job_id").and_then(|v| v.as_str()) == Some(job.as_str()))
+                .map(|(pod, _)| pod)
+                .ok_or_else(|| "not started".to_string())
+        })
+        .await;
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+        let killed_at = Instant::now();
+        pods.delete(&victim, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+            .await
+            .expect("kill the busy worker");
+
+        wait_results(&stack, 1, Duration::from_secs(120)).await;
+        let completed_after = killed_at.elapsed().as_secs_f64();
+        assert_all_done(&stack, &ids).await;
+        let redelivered = redelivered_jobs(&env.logs);
+        assert!(redelivered.contains(&job), "the job completed without a redelivery: was the pod really killed mid-job?");
+        let finisher = env
+            .logs
+            .with_message("job done")
+            .into_iter()
+            .find(|(_, json)| qwp_e2e::logs::span_field(json, "job_id").and_then(|v| v.as_str()) == Some(job.as_str()))
+            .map(|(pod, _)| pod)
+            .expect("a 'job done' line for the job");
+        assert_ne!(finisher, victim, "the killed pod cannot have finished the job");
+        eprintln!(
+            "[e2e] kill: pod {victim} killed mid-job; {finisher} completed it {completed_after:.1} s later \
+             (visibility timeout {} s, sleep {} s)",
+            options.visibility_timeout_seconds, options.sleep_seconds
+        );
+    })
+    .await;
+}
+
+/// 5b. The operator restarted mid-burst: scaling resumes from the running replicas, without
+/// scaling down and up again (no thrashing), and the burst completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
+    ensure_operator_installed();
+    with_temp_ns("t5b_operator_restart", |env| async move {
+        const JOBS: usize = 300;
+        let s = Settings::get();
+        let stack = Arc::new(stack("e2e-restart", 30).await);
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("restart");
+        options.max_replicas = 6;
+        options.concurrency = 2;
+        options.sleep_seconds = "1-2".into();
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+
+        let started = Instant::now();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let spec_replicas: Arc<Mutex<Vec<(f64, i32, u64)>>> = Arc::default();
+        let recorder = {
+            let (client, ns, stack, spec_replicas, mut stop) =
+                (env.client.clone(), env.ns.clone(), stack.clone(), spec_replicas.clone(), stop_rx);
+            tokio::spawn(async move {
+                while !*stop.borrow() {
+                    let (spec, _) = replicas(&client, &ns, "restart").await;
+                    let (visible, _) = stack.queue_depth().await;
+                    spec_replicas.lock().unwrap().push((started.elapsed().as_secs_f64(), spec, visible));
+                    tokio::select! {
+                        _ = tokio::time::sleep(HALF_SECOND) => {}
+                        _ = stop.changed() => {}
+                    }
+                }
+            })
+        };
+        let ids = submit_direct(&stack, JOBS).await;
+        wait_replicas(&env, "restart", 6, false, Duration::from_secs(90)).await;
+
+        let operator_pods: Api<Pod> = Api::namespaced(env.client.clone(), &s.operator_namespace);
+        let selector = "app.kubernetes.io/name=qwp-operator";
+        let before = operator_pods.list(&ListParams::default().labels(selector)).await.unwrap();
+        let old = before.items.first().expect("an operator pod").name_any();
+        let restarted_at = started.elapsed().as_secs_f64();
+        operator_pods.delete(&old, &DeleteParams::default()).await.expect("delete the operator pod");
+        until("a new operator pod Ready", Duration::from_secs(120), HALF_SECOND, || async {
+            let list = operator_pods.list(&ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?;
+            list.items
+                .iter()
+                .find(|p| p.name_any() != old && is_ready(p))
+                .map(|_| ())
+                .ok_or_else(|| format!("{:?}", list.items.iter().map(|p| (p.name_any(), is_ready(p))).collect::<Vec<_>>()))
+        })
+        .await;
+        let ready_at = started.elapsed().as_secs_f64();
+
+        wait_results(&stack, JOBS, Duration::from_secs(300)).await;
+        wait_drained(&stack, Duration::from_secs(60)).await;
+        // Scaling resumed: the new operator brings the pool back to 0 after the window.
+        wait_replicas(&env, "restart", 0, false, Duration::from_secs(90)).await;
+        stop_tx.send_replace(true);
+        recorder.await.unwrap();
+        assert_all_done(&stack, &ids).await;
+
+        let series = spec_replicas.lock().unwrap().clone();
+        let changes: Vec<(f64, i32)> = series
+            .iter()
+            .fold(Vec::<(f64, i32)>::new(), |mut acc, &(t, r, _)| {
+                if acc.last().is_none_or(|&(_, last)| last != r) {
+                    acc.push((t, r));
+                }
+                acc
+            });
+        // Up, then down: once replicas fall they never rise again during the burst.
+        let first_fall = changes.windows(2).position(|w| w[1].1 < w[0].1);
+        if let Some(fall) = first_fall {
+            let rises_after: Vec<_> = changes[fall + 1..].windows(2).filter(|w| w[1].1 > w[0].1).collect();
+            assert!(rises_after.is_empty(), "replicas went down and up again (thrashing): {changes:?}");
+        }
+        let fell_with_backlog: Vec<_> = series
+            .windows(2)
+            .filter(|w| w[1].1 < w[0].1 && w[0].2 > 0 && w[1].0 > restarted_at)
+            .collect();
+        assert!(fell_with_backlog.is_empty(), "scaled down while messages were waiting after the restart: {fell_with_backlog:?}");
+        eprintln!(
+            "[e2e] operator restart at {restarted_at:.1} s, new operator Ready at {ready_at:.1} s; replica changes \
+             (t, replicas): {changes:?}"
+        );
+    })
+    .await;
+}
+
+/// 5c. LocalStack unreachable for a while (the pool's endpoint is a proxy the test switches
+/// off): the pool holds its replicas with QueueReachable=False, then recovers and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t5c_queue_outage_holds_replicas_then_recovers() {
+    ensure_operator_installed();
+    with_temp_ns("t5c_outage", |env| async move {
+        let s = Settings::get();
+        assert!(!s.host_addr.is_empty(), "set E2E_HOST_ADDR (or QWP_HOST_ADDR): the address pods reach this host at");
+        let target: SocketAddr = std::env::var("AWS_ENDPOINT_URL")
+            .unwrap_or_else(|_| qwp_jobs::testing::DEFAULT_ENDPOINT.into())
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .expect("AWS_ENDPOINT_URL is http://<ip>:<port> for the outage proxy");
+        let proxy = OutageProxy::start(target).await;
+        let stack = stack("e2e-outage", 20).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("outage");
+        options.max_replicas = 3;
+        options.sleep_seconds = "15".into();
+        options.visibility_timeout_seconds = 20;
+        options.endpoint = Some(format!("http://{}:{}", s.host_addr, proxy.port));
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+        let ids = submit_direct(&stack, 3).await;
+        wait_replicas(&env, "outage", 3, true, Duration::from_secs(90)).await;
+
+        proxy.set_up(false);
+        let down_at = Instant::now();
+        until("QueueReachable=False", Duration::from_secs(60), HALF_SECOND, || async {
+            let status = pool_status(&env.client, &env.ns, "outage").await.unwrap_or_default();
+            match condition(&status, "QueueReachable").as_deref() {
+                Some("False") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let detected_after = down_at.elapsed().as_secs_f64();
+        // Hold: five polls with the queue unreadable, replicas stay at 3.
+        for _ in 0..10 {
+            let (spec, _) = replicas(&env.client, &env.ns, "outage").await;
+            assert_eq!(spec, 3, "the pool changed its replicas while the queue was unreadable");
+            tokio::time::sleep(SECOND).await;
+        }
+        proxy.set_up(true);
+        let up_at = Instant::now();
+        until("QueueReachable=True again", Duration::from_secs(60), HALF_SECOND, || async {
+            let status = pool_status(&env.client, &env.ns, "outage").await.unwrap_or_default();
+            match condition(&status, "QueueReachable").as_deref() {
+                Some("True") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let recovered_after = up_at.elapsed().as_secs_f64();
+        wait_results(&stack, 3, Duration::from_secs(180)).await;
+        assert_all_done(&stack, &ids).await;
+        wait_replicas(&env, "outage", 0, false, Duration::from_secs(120)).await;
+        eprintln!(
+            "[e2e] outage: QueueReachable=False {detected_after:.1} s after the cut, replicas held at 3 for 10 s, \
+             True {recovered_after:.1} s after the restore; all jobs completed, pool back to 0"
+        );
+    })
+    .await;
+}
+
+/// 6. Deleting the pool removes its Deployment (owner reference, garbage collector).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t6_deleting_the_pool_removes_its_deployment() {
+    ensure_operator_installed();
+    with_temp_ns("t6_delete", |env| async move {
+        let stack = stack("e2e-delete", 30).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("doomed");
+        options.min_replicas = 1;
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+        wait_replicas(&env, "doomed", 1, true, Duration::from_secs(90)).await;
+
+        let pools: Api<QueueWorkerPool> = Api::namespaced(env.client.clone(), &env.ns);
+        pools.delete("doomed", &DeleteParams::default()).await.expect("delete the pool");
+        until("the Deployment to be gone", Duration::from_secs(60), HALF_SECOND, || async {
+            match qwp_e2e::wait::deployment(&env.client, &env.ns, "doomed").await {
+                None => Ok(()),
+                Some(d) => Err(format!("still there, deletionTimestamp {:?}", d.metadata.deletion_timestamp)),
+            }
+        })
+        .await;
+        until("the worker pods to be gone", Duration::from_secs(60), HALF_SECOND, || async {
+            let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+            let left = pods.list(&ListParams::default().labels("queueworker.io/pool=doomed")).await.map_err(|e| e.to_string())?;
+            if left.items.is_empty() { Ok(()) } else { Err(format!("{} pods left", left.items.len())) }
+        })
+        .await;
+    })
+    .await;
+}
+
+/// The chart lints clean and every template, with all options on, passes a server-side
+/// dry run against the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t0_chart_lints_and_renders_objects_the_cluster_accepts() {
+    ensure_operator_installed();
+    let s = Settings::get();
+    let chart = s.chart_dir().to_string_lossy().into_owned();
+    let lint = cmd::run("helm", &["lint", "--strict", &chart]);
+    assert!(lint.ok, "helm lint failed:\n{}{}", lint.stdout, lint.stderr);
+    let everything = "apiServer.enabled=true,samplePool.enabled=true,aws.endpoint=http://localstack:4566,\
+                      aws.credentials.create=true,aws.credentials.accessKeyId=test,aws.credentials.secretAccessKey=test";
+    let lint = cmd::run("helm", &["lint", "--strict", &chart, "--set", everything]);
+    assert!(lint.ok, "helm lint with every option failed:\n{}{}", lint.stdout, lint.stderr);
+    for (values, namespace) in [(everything, "default"), ("operator.watchNamespace=default", "default")] {
+        let rendered = cmd::must("helm", &["template", "dry", &chart, "--namespace", namespace, "--set", values]);
+        let applied = cmd::run_with_stdin("kubectl", &["apply", "--dry-run=server", "-n", namespace, "-f", "-"], &rendered);
+        assert!(applied.ok, "server-side dry run of the chart ({values}) failed:\n{}{}", applied.stdout, applied.stderr);
+    }
+}
