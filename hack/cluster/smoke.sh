@@ -113,6 +113,19 @@ else
   fail "pod graceful not Ready"
 fi
 
+# a container that ignores SIGTERM is killed when its grace period (4s) runs out
+pod stubborn 'trap "echo ignoring SIGTERM" TERM; echo ready; while true; do sleep 0.2; done' 4
+if k wait --for=condition=Ready pod/stubborn --timeout=60s >/dev/null; then
+  sleep 1
+  t=$SECONDS
+  k delete pod stubborn --wait=true --timeout=60s >/dev/null
+  took=$((SECONDS - t))
+  if ((took >= 4 && took <= 15)); then ok "container ignoring SIGTERM killed after its 4s grace period (delete took ${took}s)"
+  else fail "grace period expiry: delete took ${took}s (expected 4-15s)"; fi
+else
+  fail "pod stubborn not Ready"
+fi
+
 # 5 --------------------------------------------------------------------------------------------
 pod web 'mkdir -p /tmp/www && echo qwp-service-ok > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www'
 cat <<EOF | k apply -f - >/dev/null
@@ -176,6 +189,10 @@ if (exec 3<>/dev/tcp/127.0.0.1/4566) 2>/dev/null; then
 else
   echo "skip - nothing listens on 127.0.0.1:4566 (start hack/localstack to test pod -> host)"
 fi
+
+# helm from the same build talks to the cluster
+if out=$(helm version --short 2>&1) && helm list --all-namespaces >/dev/null 2>&1; then ok "helm $out reaches the cluster"
+else fail "helm: $out"; fi
 
 # 6 --------------------------------------------------------------------------------------------
 for name in qwp-worker qwp-operator qwp-api-server; do
