@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# API server benchmark: accepted jobs/s and latency at 20, 50 and 200 concurrent clients
+# (oha, POST /jobs raw body, wait=0), GET /status/{id} at 50 clients, and beside each
+# submission run the raw capacity of LocalStack for the same PutObject + SendMessage
+# pair (examples/raw_localstack.rs), so the server's overhead shows as a ratio.
+# Prints a markdown table. Needs LocalStack on AWS_ENDPOINT_URL (default
+# http://127.0.0.1:4566): hack/localstack/localstack.sh up.
+#
+#   api-server/bench/run.sh              # 15 s per run, 4 KiB payload
+#   SECONDS_PER_RUN=30 PAYLOAD_BYTES=65536 api-server/bench/run.sh
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$ROOT"
+SECONDS_PER_RUN="${SECONDS_PER_RUN:-15}"
+PAYLOAD_BYTES="${PAYLOAD_BYTES:-4096}"
+CONCURRENCY_LEVELS="${CONCURRENCY_LEVELS:-20 50 200}"
+PORT="${BENCH_PORT:-18000}"
+export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
+TOOLS="$ROOT/.cache/tools"
+OHA="$TOOLS/bin/oha"
+WORK="$(mktemp -d)"
+
+if ! curl -fsS "$AWS_ENDPOINT_URL/_localstack/health" >/dev/null; then
+    echo "LocalStack is not reachable at $AWS_ENDPOINT_URL; start it with hack/localstack/localstack.sh up" >&2
+    exit 1
+fi
+if [[ ! -x "$OHA" ]]; then
+    echo "installing the load generator oha (crates.io) into $TOOLS" >&2
+    cargo install oha --locked --root "$TOOLS" -j2
+fi
+command -v jq >/dev/null || { echo "jq is required (apt-get install jq)" >&2; exit 1; }
+
+cargo build --release -j2 -p qwp-api-server --bin qwp-api-server --example raw_localstack >&2
+RAW="$ROOT/target/release/examples/raw_localstack"
+SERVER_BIN="$ROOT/target/release/qwp-api-server"
+
+# Private buckets and queue for this run.
+eval "$("$RAW" setup | sed 's/^/export /')"
+head -c "$PAYLOAD_BYTES" /dev/urandom >"$WORK/payload.bin"
+
+SERVER_PID=""
+cleanup() {
+    [[ -n "$SERVER_PID" ]] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+    "$RAW" cleanup >&2 || echo "cleanup of $S3_IN_BUCKET/$S3_OUT_BUCKET failed" >&2
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PORT="$PORT" RUST_LOG=warn "$SERVER_BIN" >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+BASE="http://127.0.0.1:$PORT"
+for _ in $(seq 100); do curl -fsS "$BASE/health" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "$BASE/readyz" >&2 && echo >&2
+
+# oha's JSON summary → "rps p50_ms p95_ms p99_ms non_expected_status".
+oha_row() {
+    local expected="$1" file="$2"
+    jq -r --arg ok "$expected" '[
+        .summary.requestsPerSec,
+        .latencyPercentiles.p50 * 1000, .latencyPercentiles.p95 * 1000, .latencyPercentiles.p99 * 1000,
+        ([.statusCodeDistribution | to_entries[] | select(.key != $ok) | .value] | add // 0)
+        + ([.errorDistribution | to_entries[] | .value] | add // 0)
+    ] | @tsv' "$file"
+}
+
+echo "| clients | API accepted jobs/s | API p50 ms | API p95 ms | API p99 ms | API non-202 | raw Put+Send ops/s | raw p50 ms | raw p95 ms | raw p99 ms | API/raw throughput |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for c in $CONCURRENCY_LEVELS; do
+    "$RAW" purge
+    "$OHA" --no-tui --output-format json -z "${SECONDS_PER_RUN}s" -c "$c" -m POST \
+        -T application/octet-stream -D "$WORK/payload.bin" \
+        "$BASE/jobs?filename=bench.bin&wait=0" >"$WORK/api-$c.json"
+    read -r rps p50 p95 p99 bad < <(oha_row 202 "$WORK/api-$c.json")
+    "$RAW" purge
+    "$RAW" drive "$c" "$SECONDS_PER_RUN" "$PAYLOAD_BYTES" >"$WORK/raw-$c.json"
+    read -r raw_ops raw_p50 raw_p95 raw_p99 < <(jq -r '[.ops_per_sec, .p50_ms, .p95_ms, .p99_ms] | @tsv' "$WORK/raw-$c.json")
+    printf '| %s | %.1f | %.1f | %.1f | %.1f | %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n' \
+        "$c" "$rps" "$p50" "$p95" "$p99" "$bad" "$raw_ops" "$raw_p50" "$raw_p95" "$raw_p99" \
+        "$(echo "$rps / $raw_ops" | bc -l)"
+done
+
+# Reading a job back: a pending job costs a GetObject (result) and a ListObjectsV2 (input).
+JOB_ID="$(curl -fsS -X POST -H 'content-type: application/octet-stream' --data-binary @"$WORK/payload.bin" \
+    "$BASE/jobs?filename=status.bin&wait=0" | jq -r .job_id)"
+"$OHA" --no-tui --output-format json -z "${SECONDS_PER_RUN}s" -c 50 "$BASE/status/$JOB_ID" >"$WORK/status.json"
+read -r rps p50 p95 p99 bad < <(oha_row 202 "$WORK/status.json")
+echo
+echo "| GET /status/{id} (pending), 50 clients | req/s | p50 ms | p95 ms | p99 ms | non-202 |"
+echo "|---|---:|---:|---:|---:|---:|"
+printf '| | %.1f | %.1f | %.1f | %.1f | %s |\n' "$rps" "$p50" "$p95" "$p99" "$bad"
+echo
+echo "payload ${PAYLOAD_BYTES} B, ${SECONDS_PER_RUN} s per run, server, LocalStack and load generator on one $(nproc)-core machine"
