@@ -44,8 +44,11 @@ build_qwp() {
     local bin="$RELEASE_DIR/$name" out="$IMAGES_DIR/$name.tar"
     if [[ ! -x $bin ]]; then log "skip $name: $bin not built (cargo build --release)"; continue; fi
     found=1
-    [[ -f $out && $out -nt $bin ]] && { log "$name image up to date"; continue; }
+    # rebuild when the source binary (path, size, mtime) or the tag changed, e.g. debug vs release
+    local src; src="$(stat -L -c '%n %s %Y' "$bin") $name:$TAG"
+    if [[ -f $out && -f $out.src && "$(cat "$out.src")" == "$src" ]]; then log "$name image up to date"; continue; fi
     "$BUILD" "$bin" "$name:$TAG" "$out"
+    echo "$src" > "$out.src"
   done
   ((found)) || log "no qwp release binaries found in $RELEASE_DIR"
 }
