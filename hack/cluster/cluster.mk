@@ -12,7 +12,7 @@ cluster-up: ## start etcd, control plane, containerd, kubelet, kube-proxy; print
 cluster-down: ## stop everything cluster-up started, remove mounts, rules and state
 	$(QWP_CLUSTER_DIR)down.sh
 
-cluster-status:
+cluster-status: ## show the cluster processes (by PID), node and pods
 	$(QWP_CLUSTER_DIR)status.sh
 
 images: ## OCI image archives (pause, qwp-testbox, qwp-* from target/release) in .cache/cluster/images
