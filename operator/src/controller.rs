@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -32,6 +32,9 @@ use crate::{Error, FIELD_MANAGER, Result};
 /// First retry after an error; doubles per consecutive error up to [`MAX_BACKOFF`].
 pub const BASE_BACKOFF: Duration = Duration::from_secs(5);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Reconcile requests for one pool within this time cause one reconcile. The scheduler adds
+/// it to every request, so requeues ask for the poll interval minus this.
+pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// What the reconciler shares across pools.
 pub struct Context {
@@ -252,7 +255,7 @@ async fn reconcile_inner(pool: &QueueWorkerPool, ctx: &Context) -> Result<Action
             .inc();
         info!(%namespace, pool = %name, from = current, to = decision.replicas, reason = %decision.reason, "scaled");
     }
-    Ok(Action::requeue(poll))
+    Ok(Action::requeue(poll.saturating_sub(WATCH_DEBOUNCE)))
 }
 
 fn is_owned_by(deployment: &Deployment, pool: &QueueWorkerPool) -> bool {
@@ -510,6 +513,9 @@ pub async fn run(
             deployments,
             watcher::Config::default().labels(POOL_LABEL).any_semantic(),
         )
+        // Merges the bursts of watch events a rollout produces; also keeps two writers of the
+        // same pool (e.g. two operators during an upgrade) from reconciling in a hot loop.
+        .with_config(controller::Config::default().debounce(WATCH_DEBOUNCE))
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
     let janitor_ctx = ctx.clone();

@@ -340,7 +340,11 @@ mod scenarios {
                 ],
             )
             .await;
-        assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(5)));
+        // Requeued to poll again 5 s later: the scheduler adds the debounce to the request.
+        assert_eq!(
+            result.unwrap(),
+            Action::requeue(Duration::from_secs(5) - crate::controller::WATCH_DEBOUNCE)
+        );
         let body = status.lock().unwrap().clone();
         assert_eq!(body["kind"], "QueueWorkerPool");
         let status = &body["status"];
