@@ -64,8 +64,12 @@ async fn connect(env: &TestEnv) -> ApiServer {
     let cluster_ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
     let direct = format!("http://{cluster_ip}:8000");
-    if http.get(format!("{direct}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-        return ApiServer { base_url: direct, via: "ClusterIP", _port_forward: None };
+    // kube-proxy programs the Service a moment after the pod is Ready: try for a few seconds.
+    for _ in 0..10 {
+        if http.get(format!("{direct}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return ApiServer { base_url: direct, via: "ClusterIP", _port_forward: None };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     port_forward(env).await
 }
@@ -93,6 +97,8 @@ async fn port_forward(env: &TestEnv) -> ApiServer {
     .ok()
     .flatten()
     .expect("kubectl port-forward printed its local port");
+    // Keep reading: kubectl prints a line per connection and dies of SIGPIPE if nobody reads.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     ApiServer { base_url: format!("http://127.0.0.1:{port}"), via: "kubectl port-forward", _port_forward: Some(child) }
 }
 

@@ -36,6 +36,7 @@ impl TestEnv {
 }
 
 pub async fn client() -> Client {
+    qwp_operator::install_crypto_provider();
     Client::try_default().await.unwrap_or_else(|e| {
         panic!("no Kubernetes client ({e}); set KUBECONFIG (`source hack/cluster/env.sh`) or run `make e2e`")
     })

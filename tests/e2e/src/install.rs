@@ -34,7 +34,8 @@ pub fn ensure_operator_installed() {
         "--create-namespace", "--wait", "--timeout", "180s",
     ];
     for set in &sets {
-        args.push("--set");
+        // Strings: a numeric annotation value must stay a string.
+        args.push("--set-string");
         args.push(set);
     }
     let started = std::time::Instant::now();

@@ -80,13 +80,12 @@ pub fn render_png(samples: &[Sample], title: &str, path: &Path) -> Result<(), St
         chart
             .configure_mesh()
             .x_desc("seconds since the burst started")
-            .y_desc("messages")
+            .y_desc("messages (left) / pods (right)")
             .label_style(("sans-serif", 16))
             .draw()
             .map_err(|e| e.to_string())?;
         chart
             .configure_secondary_axes()
-            .y_desc("pods")
             .label_style(("sans-serif", 16))
             .draw()
             .map_err(|e| e.to_string())?;
