@@ -5,6 +5,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CARGO_JOBS ?= 2
 export CARGO_BUILD_JOBS := $(CARGO_JOBS)
+# Nothing here may talk to the real AWS: never probe the EC2 instance metadata service.
+export AWS_EC2_METADATA_DISABLED := true
 
 .DEFAULT_GOAL := help
 
