@@ -35,7 +35,7 @@ unit: localstack-up ## Unit and LocalStack integration tests (no cluster)
 	$(CARGO) test --workspace --exclude qwp-e2e --no-fail-fast
 	$(CARGO) test -p qwp-e2e --lib --test chart
 
-test: lint unit ## The whole suite: lint, unit and LocalStack integration tests
+test: lint unit e2e ## The whole suite: lint, unit, LocalStack integration and end-to-end tests
 
 up: localstack-up build ## Start LocalStack, the API server (port 8000) and one worker
 	scripts/run-local.sh up

@@ -45,29 +45,58 @@ pub async fn install(env: &TestEnv, stack: &TestStack) -> ApiServer {
         format!("jobs.outBucket={}", stack.config.s3_out_bucket),
         format!("jobs.queueName={}", stack.config.sqs_req_queue_name),
     ];
-    let mut args: Vec<String> = ["install", RELEASE, &chart, "--namespace", &env.ns, "--skip-crds", "--wait", "--timeout", "120s"]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "install",
+        RELEASE,
+        &chart,
+        "--namespace",
+        &env.ns,
+        "--skip-crds",
+        "--wait",
+        "--timeout",
+        "120s",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
     for set in sets {
         args.push("--set".into());
         args.push(set);
     }
     let out = cmd::run_async("helm", args).await;
-    assert!(out.ok, "helm install of the API server failed:\n{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.ok,
+        "helm install of the API server failed:\n{}\n{}",
+        out.stdout, out.stderr
+    );
     connect(env).await
 }
 
 async fn connect(env: &TestEnv) -> ApiServer {
     let services: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
-    let service = services.get(SERVICE).await.expect("the API server Service exists");
+    let service = services
+        .get(SERVICE)
+        .await
+        .expect("the API server Service exists");
     let cluster_ip = service.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("http client");
     let direct = format!("http://{cluster_ip}:8000");
     // kube-proxy programs the Service a moment after the pod is Ready: try for a few seconds.
     for _ in 0..10 {
-        if http.get(format!("{direct}/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return ApiServer { base_url: direct, via: "ClusterIP", _port_forward: None };
+        if http
+            .get(format!("{direct}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return ApiServer {
+                base_url: direct,
+                via: "ClusterIP",
+                _port_forward: None,
+            };
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -76,7 +105,13 @@ async fn connect(env: &TestEnv) -> ApiServer {
 
 async fn port_forward(env: &TestEnv) -> ApiServer {
     let mut child = Command::new("kubectl")
-        .args(["-n", &env.ns, "port-forward", &format!("svc/{SERVICE}"), ":8000"])
+        .args([
+            "-n",
+            &env.ns,
+            "port-forward",
+            &format!("svc/{SERVICE}"),
+            ":8000",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -99,13 +134,22 @@ async fn port_forward(env: &TestEnv) -> ApiServer {
     .expect("kubectl port-forward printed its local port");
     // Keep reading: kubectl prints a line per connection and dies of SIGPIPE if nobody reads.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    ApiServer { base_url: format!("http://127.0.0.1:{port}"), via: "kubectl port-forward", _port_forward: Some(child) }
+    ApiServer {
+        base_url: format!("http://127.0.0.1:{port}"),
+        via: "kubectl port-forward",
+        _port_forward: Some(child),
+    }
 }
 
 impl ApiServer {
     /// `POST /jobs?wait=0&filename=...` with a raw body: the job is accepted (202) and its id
     /// returned without waiting for the result.
-    pub async fn submit(&self, http: &reqwest::Client, filename: &str, body: Vec<u8>) -> Result<JobId, String> {
+    pub async fn submit(
+        &self,
+        http: &reqwest::Client,
+        filename: &str,
+        body: Vec<u8>,
+    ) -> Result<JobId, String> {
         let response = http
             .post(format!("{}/jobs?wait=0&filename={filename}", self.base_url))
             .body(body)
@@ -113,11 +157,15 @@ impl ApiServer {
             .await
             .map_err(|e| format!("POST /jobs: {e}"))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| format!("read the answer: {e}"))?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| format!("read the answer: {e}"))?;
         if !status.is_success() {
             return Err(format!("POST /jobs answered {status}: {text}"));
         }
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("answer is not JSON ({e}): {text}"))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("answer is not JSON ({e}): {text}"))?;
         json.get("job_id")
             .and_then(|v| v.as_str())
             .and_then(|id| id.parse::<JobId>().ok())

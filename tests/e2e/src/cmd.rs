@@ -15,7 +15,9 @@ pub fn run(program: &str, args: &[&str]) -> Output {
     let output = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is it on PATH? `source hack/cluster/env.sh`)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e} (is it on PATH? `source hack/cluster/env.sh`)")
+        });
     Output {
         ok: output.status.success(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

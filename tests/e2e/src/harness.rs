@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, PostParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 use crate::cmd;
@@ -105,18 +105,62 @@ pub async fn dump(test: &str, ns: &str) {
     let _ = std::fs::create_dir_all(&dir);
     let operator = format!("deploy/{}", settings.operator_deployment());
     let commands: Vec<(String, Vec<String>)> = vec![
-        ("kubectl".into(), args(&["-n", ns, "get", "pods,deployments,queueworkerpools", "-o", "wide"])),
-        ("kubectl".into(), args(&["-n", ns, "get", "events", "--sort-by=.lastTimestamp"])),
-        ("kubectl".into(), args(&["-n", ns, "get", "queueworkerpools", "-o", "yaml"])),
+        (
+            "kubectl".into(),
+            args(&[
+                "-n",
+                ns,
+                "get",
+                "pods,deployments,queueworkerpools",
+                "-o",
+                "wide",
+            ]),
+        ),
+        (
+            "kubectl".into(),
+            args(&["-n", ns, "get", "events", "--sort-by=.lastTimestamp"]),
+        ),
+        (
+            "kubectl".into(),
+            args(&["-n", ns, "get", "queueworkerpools", "-o", "yaml"]),
+        ),
         ("kubectl".into(), args(&["-n", ns, "describe", "pods"])),
-        ("kubectl".into(), args(&["-n", &settings.operator_namespace, "get", "pods", "-o", "wide"])),
-        ("kubectl".into(), args(&["-n", &settings.operator_namespace, "logs", &operator, "--tail=400"])),
+        (
+            "kubectl".into(),
+            args(&[
+                "-n",
+                &settings.operator_namespace,
+                "get",
+                "pods",
+                "-o",
+                "wide",
+            ]),
+        ),
+        (
+            "kubectl".into(),
+            args(&[
+                "-n",
+                &settings.operator_namespace,
+                "logs",
+                &operator,
+                "--tail=400",
+            ]),
+        ),
     ];
     let mut text = String::new();
     for (program, argv) in commands {
-        let program: &'static str = if program == "kubectl" { "kubectl" } else { "helm" };
+        let program: &'static str = if program == "kubectl" {
+            "kubectl"
+        } else {
+            "helm"
+        };
         let out = cmd::run_async(program, argv.clone()).await;
-        text.push_str(&format!("==== {program} {}\n{}{}\n", argv.join(" "), out.stdout, out.stderr));
+        text.push_str(&format!(
+            "==== {program} {}\n{}{}\n",
+            argv.join(" "),
+            out.stdout,
+            out.stderr
+        ));
     }
     if let Ok(entries) = std::fs::read_dir(dir.join("pods")) {
         for entry in entries.flatten() {
@@ -131,7 +175,10 @@ pub async fn dump(test: &str, ns: &str) {
     }
     let path = dir.join("dump.txt");
     let _ = std::fs::write(&path, &text);
-    eprintln!("[e2e] {test} FAILED; state of namespace {ns} (also in {}):\n{text}", path.display());
+    eprintln!(
+        "[e2e] {test} FAILED; state of namespace {ns} (also in {}):\n{text}",
+        path.display()
+    );
 }
 
 fn args(list: &[&str]) -> Vec<String> {

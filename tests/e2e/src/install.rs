@@ -19,7 +19,13 @@ pub fn ensure_operator_installed() {
     let chart = s.chart_dir();
     let chart = chart.to_str().expect("chart path is UTF-8");
     // A new annotation per run rolls the operator pod, so freshly loaded images are used.
-    let run_id = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs());
+    let run_id = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs()
+    );
     let mut sets = vec![
         format!("image.tag={}", s.image_tag),
         format!("image.registry={}", s.image_registry),
@@ -30,8 +36,17 @@ pub fn ensure_operator_installed() {
         sets.push(extra.clone());
     }
     let mut args = vec![
-        "upgrade", "--install", &s.release, chart, "--namespace", &s.operator_namespace, "--reset-then-reuse-values",
-        "--create-namespace", "--wait", "--timeout", "180s",
+        "upgrade",
+        "--install",
+        &s.release,
+        chart,
+        "--namespace",
+        &s.operator_namespace,
+        "--reset-then-reuse-values",
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "180s",
     ];
     for set in &sets {
         // Strings: a numeric annotation value must stay a string.

@@ -53,7 +53,11 @@ pub async fn result_keys(stack: &TestStack) -> Vec<String> {
     let mut pages = std::pin::pin!(pages);
     while let Some(page) = pages.next().await {
         let page = page.expect("list the output bucket");
-        keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
     }
     keys
 }
@@ -72,8 +76,14 @@ pub async fn results(stack: &TestStack) -> HashMap<String, JobResult> {
                 .send()
                 .await
                 .map_err(|e| format!("get result {key}: {e}"))?;
-            let bytes = object.body.collect().await.map_err(|e| format!("read result {key}: {e}"))?.into_bytes();
-            let result = JobResult::from_json_bytes(&bytes).map_err(|e| format!("result {key} is not a result document: {e}"))?;
+            let bytes = object
+                .body
+                .collect()
+                .await
+                .map_err(|e| format!("read result {key}: {e}"))?
+                .into_bytes();
+            let result = JobResult::from_json_bytes(&bytes)
+                .map_err(|e| format!("result {key} is not a result document: {e}"))?;
             Ok::<_, String>((key, result))
         })
         .buffer_unordered(16)
@@ -98,11 +108,23 @@ pub async fn assert_all_done(stack: &TestStack, ids: &[JobId]) {
                         result.get("slept_ms").and_then(|v| v.as_u64()).is_some(),
                         "job {id}: result has no slept_ms: {result}"
                     ),
-                    qwp_jobs::result::Outcome::Failed { error } => panic!("job {id} failed: {error}"),
+                    qwp_jobs::result::Outcome::Failed { error } => {
+                        panic!("job {id} failed: {error}")
+                    }
                 }
             }
         }
     }
-    assert!(missing.is_empty(), "{} of {} jobs have no result: {:?}", missing.len(), ids.len(), &missing[..missing.len().min(10)]);
-    assert_eq!(results.len(), ids.len(), "the output bucket holds results of jobs nobody submitted");
+    assert!(
+        missing.is_empty(),
+        "{} of {} jobs have no result: {:?}",
+        missing.len(),
+        ids.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(
+        results.len(),
+        ids.len(),
+        "the output bucket holds results of jobs nobody submitted"
+    );
 }

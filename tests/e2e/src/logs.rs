@@ -46,7 +46,10 @@ impl PodLine {
 impl LogCollector {
     pub fn start(client: Client, ns: &str, dir: PathBuf) -> Self {
         let collector = LogCollector {
-            inner: Arc::new(Inner { lines: Mutex::new(Vec::new()), tasks: Mutex::new(Vec::new()) }),
+            inner: Arc::new(Inner {
+                lines: Mutex::new(Vec::new()),
+                tasks: Mutex::new(Vec::new()),
+            }),
         };
         let pods: Api<Pod> = Api::namespaced(client, ns);
         let this = collector.clone();
@@ -60,14 +63,24 @@ impl LogCollector {
                             continue;
                         }
                         following.insert(uid);
-                        let task = tokio::spawn(follow(pods.clone(), pod.name_any(), this.clone(), dir.clone()));
+                        let task = tokio::spawn(follow(
+                            pods.clone(),
+                            pod.name_any(),
+                            this.clone(),
+                            dir.clone(),
+                        ));
                         this.inner.tasks.lock().expect("tasks lock").push(task);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
-        collector.inner.tasks.lock().expect("tasks lock").push(discover);
+        collector
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks lock")
+            .push(discover);
         collector
     }
 
@@ -94,7 +107,10 @@ impl LogCollector {
     }
 
     fn push(&self, pod: &str, line: String) {
-        self.inner.lines.lock().expect("lines lock").push(PodLine { pod: pod.to_string(), line });
+        self.inner.lines.lock().expect("lines lock").push(PodLine {
+            pod: pod.to_string(),
+            line,
+        });
     }
 }
 
@@ -102,12 +118,23 @@ fn has_started(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.state.as_ref().is_some_and(|st| st.running.is_some() || st.terminated.is_some())))
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.state
+                    .as_ref()
+                    .is_some_and(|st| st.running.is_some() || st.terminated.is_some())
+            })
+        })
 }
 
 async fn follow(pods: Api<Pod>, name: String, collector: LogCollector, dir: PathBuf) {
-    let params = LogParams { follow: true, ..LogParams::default() };
-    let Ok(stream) = pods.log_stream(&name, &params).await else { return };
+    let params = LogParams {
+        follow: true,
+        ..LogParams::default()
+    };
+    let Ok(stream) = pods.log_stream(&name, &params).await else {
+        return;
+    };
     let _ = std::fs::create_dir_all(&dir);
     let mut file = std::fs::File::create(dir.join(format!("{name}.log"))).ok();
     let mut lines = stream.lines();
@@ -124,8 +151,14 @@ pub fn redelivered_jobs(collector: &LogCollector) -> HashSet<String> {
     collector
         .with_message("job started")
         .into_iter()
-        .filter(|(_, json)| span_field(json, "receive_count").and_then(|v| v.as_u64()).is_some_and(|n| n >= 2))
-        .filter_map(|(_, json)| span_field(&json, "job_id").and_then(|v| v.as_str().map(str::to_string)))
+        .filter(|(_, json)| {
+            span_field(json, "receive_count")
+                .and_then(|v| v.as_u64())
+                .is_some_and(|n| n >= 2)
+        })
+        .filter_map(|(_, json)| {
+            span_field(&json, "job_id").and_then(|v| v.as_str().map(str::to_string))
+        })
         .collect()
 }
 
@@ -142,5 +175,11 @@ pub fn handed_back_jobs(collector: &LogCollector) -> u64 {
 pub fn span_field<'a>(json: &'a Value, field: &str) -> Option<&'a Value> {
     json.get(field)
         .or_else(|| json.get("span").and_then(|s| s.get(field)))
-        .or_else(|| json.get("spans")?.as_array()?.iter().rev().find_map(|s| s.get(field)))
+        .or_else(|| {
+            json.get("spans")?
+                .as_array()?
+                .iter()
+                .rev()
+                .find_map(|s| s.get(field))
+        })
 }

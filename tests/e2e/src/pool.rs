@@ -2,8 +2,8 @@
 //! a test's private queue (qwp_jobs::testing::TestStack) through the endpoint pods reach.
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, PostParams};
 use kube::Client;
+use kube::api::{Api, PostParams};
 use qwp_jobs::testing::TestStack;
 use qwp_operator::crd::QueueWorkerPool;
 use serde_json::{Value, json};
@@ -52,7 +52,10 @@ impl PoolOptions {
 /// The pool object for `stack`'s queue and buckets.
 pub fn pool_object(stack: &TestStack, o: &PoolOptions) -> QueueWorkerPool {
     let s = Settings::get();
-    let endpoint = o.endpoint.clone().unwrap_or_else(|| s.pod_aws_endpoint.clone());
+    let endpoint = o
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| s.pod_aws_endpoint.clone());
     let env = |name: &str, value: String| json!({"name": name, "value": value});
     let value: Value = json!({
         "apiVersion": "queueworker.io/v1alpha1",

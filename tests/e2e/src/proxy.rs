@@ -19,21 +19,27 @@ pub struct OutageProxy {
 impl OutageProxy {
     /// Listens on all interfaces (pods reach it at the host address) and forwards to `target`.
     pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind the outage proxy");
+        let listener = TcpListener::bind("0.0.0.0:0")
+            .await
+            .expect("bind the outage proxy");
         let port = listener.local_addr().expect("proxy address").port();
         let (up, _) = watch::channel(true);
         let up = Arc::new(up);
         let state = up.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((inbound, _)) = listener.accept().await else { continue };
+                let Ok((inbound, _)) = listener.accept().await else {
+                    continue;
+                };
                 if !*state.borrow() {
                     drop(inbound);
                     continue;
                 }
                 let mut down = state.subscribe();
                 tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(target).await else { return };
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let (mut inbound, mut outbound) = (inbound, outbound);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}

@@ -58,7 +58,8 @@ impl Settings {
             region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
             image_tag: var("E2E_IMAGE_TAG").unwrap_or_else(|| "dev".into()),
             image_registry: var("E2E_IMAGE_REGISTRY").unwrap_or_default(),
-            operator_namespace: var("E2E_OPERATOR_NAMESPACE").unwrap_or_else(|| "qwp-system".into()),
+            operator_namespace: var("E2E_OPERATOR_NAMESPACE")
+                .unwrap_or_else(|| "qwp-system".into()),
             release: var("E2E_RELEASE").unwrap_or_else(|| "qwp".into()),
             extra_helm_set: var("E2E_HELM_SET"),
         }

@@ -16,12 +16,19 @@ pub struct Sample {
     pub ready: i32,
 }
 
+/// A named, coloured line and how to read its value from a sample.
+type Line = (&'static str, RGBColor, fn(&Sample) -> f64);
+
 pub const CSV_HEADER: &str = "t_seconds,visible,in_flight,desired,ready";
 
 pub fn to_csv(samples: &[Sample]) -> String {
     let mut csv = format!("{CSV_HEADER}\n");
     for s in samples {
-        let _ = writeln!(csv, "{:.1},{},{},{},{}", s.t, s.visible, s.in_flight, s.desired, s.ready);
+        let _ = writeln!(
+            csv,
+            "{:.1},{},{},{},{}",
+            s.t, s.visible, s.in_flight, s.desired, s.ready
+        );
     }
     csv
 }
@@ -40,7 +47,10 @@ const FONT_PATHS: &[&str] = &[
 fn font_available() -> bool {
     static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FOUND.get_or_init(|| {
-        let candidates = std::env::var("E2E_FONT").ok().into_iter().chain(FONT_PATHS.iter().map(|p| p.to_string()));
+        let candidates = std::env::var("E2E_FONT")
+            .ok()
+            .into_iter()
+            .chain(FONT_PATHS.iter().map(|p| p.to_string()));
         for path in candidates {
             if let Ok(bytes) = std::fs::read(&path) {
                 // plotters keeps a &'static reference; one font per process.
@@ -60,8 +70,20 @@ pub fn render_png(samples: &[Sample], title: &str, path: &Path) -> Result<(), St
     let root = BitMapBackend::new(path, (1200, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| e.to_string())?;
     let t_max = samples.iter().map(|s| s.t).fold(1.0, f64::max);
-    let messages_max = samples.iter().map(|s| s.visible.max(s.in_flight)).max().unwrap_or(1).max(1) as f64 * 1.1;
-    let pods_max = samples.iter().map(|s| s.desired.max(s.ready)).max().unwrap_or(1).max(1) as f64 + 1.0;
+    let messages_max = samples
+        .iter()
+        .map(|s| s.visible.max(s.in_flight))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.1;
+    let pods_max = samples
+        .iter()
+        .map(|s| s.desired.max(s.ready))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        + 1.0;
 
     let mut builder = ChartBuilder::on(&root);
     builder.margin(20);
@@ -90,31 +112,48 @@ pub fn render_png(samples: &[Sample], title: &str, path: &Path) -> Result<(), St
             .draw()
             .map_err(|e| e.to_string())?;
     } else {
-        chart.configure_mesh().disable_x_mesh().disable_y_mesh().x_labels(0).y_labels(0).draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_y_mesh()
+            .x_labels(0)
+            .y_labels(0)
+            .draw()
+            .map_err(|e| e.to_string())?;
     }
 
-    let series: [(&str, RGBColor, Box<dyn Fn(&Sample) -> f64>); 2] = [
-        ("visible", BLUE, Box::new(|s| s.visible as f64)),
-        ("in flight", RGBColor(0, 150, 200), Box::new(|s| s.in_flight as f64)),
+    let series: [Line; 2] = [
+        ("visible", BLUE, |s| s.visible as f64),
+        ("in flight", RGBColor(0, 150, 200), |s| s.in_flight as f64),
     ];
     for (name, color, value) in series {
         let drawn = chart
-            .draw_series(LineSeries::new(samples.iter().map(|s| (s.t, value(s))), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                samples.iter().map(|s| (s.t, value(s))),
+                color.stroke_width(2),
+            ))
             .map_err(|e| e.to_string())?;
         if with_text {
-            drawn.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            drawn.label(name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         }
     }
-    let pods: [(&str, RGBColor, Box<dyn Fn(&Sample) -> f64>); 2] = [
-        ("desired pods", RED, Box::new(|s| s.desired as f64)),
-        ("ready pods", RGBColor(0, 160, 0), Box::new(|s| s.ready as f64)),
+    let pods: [Line; 2] = [
+        ("desired pods", RED, |s| f64::from(s.desired)),
+        ("ready pods", RGBColor(0, 160, 0), |s| f64::from(s.ready)),
     ];
     for (name, color, value) in pods {
         let drawn = chart
-            .draw_secondary_series(LineSeries::new(samples.iter().map(|s| (s.t, value(s))), color.stroke_width(3)))
+            .draw_secondary_series(LineSeries::new(
+                samples.iter().map(|s| (s.t, value(s))),
+                color.stroke_width(3),
+            ))
             .map_err(|e| e.to_string())?;
         if with_text {
-            drawn.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+            drawn.label(name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
         }
     }
     if with_text {
@@ -136,9 +175,27 @@ mod tests {
 
     fn samples() -> Vec<Sample> {
         vec![
-            Sample { t: 0.0, visible: 500, in_flight: 0, desired: 0, ready: 0 },
-            Sample { t: 1.0, visible: 480, in_flight: 20, desired: 8, ready: 2 },
-            Sample { t: 2.5, visible: 0, in_flight: 0, desired: 0, ready: 0 },
+            Sample {
+                t: 0.0,
+                visible: 500,
+                in_flight: 0,
+                desired: 0,
+                ready: 0,
+            },
+            Sample {
+                t: 1.0,
+                visible: 480,
+                in_flight: 20,
+                desired: 8,
+                ready: 2,
+            },
+            Sample {
+                t: 2.5,
+                visible: 0,
+                in_flight: 0,
+                desired: 0,
+                ready: 0,
+            },
         ]
     }
 

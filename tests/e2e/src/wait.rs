@@ -4,8 +4,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::Api;
 use kube::Client;
+use kube::api::Api;
 use qwp_operator::crd::{QueueWorkerPool, QueueWorkerPoolStatus};
 
 /// Calls `check` every `every` until it returns `Some`, or panics after `timeout` naming
@@ -30,7 +30,12 @@ where
 
 pub async fn pool_status(client: &Client, ns: &str, name: &str) -> Option<QueueWorkerPoolStatus> {
     let pools: Api<QueueWorkerPool> = Api::namespaced(client.clone(), ns);
-    pools.get_opt(name).await.ok().flatten().and_then(|p| p.status)
+    pools
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|p| p.status)
 }
 
 pub async fn deployment(client: &Client, ns: &str, name: &str) -> Option<Deployment> {
@@ -44,12 +49,19 @@ pub async fn replicas(client: &Client, ns: &str, name: &str) -> (i32, i32) {
         None => (0, 0),
         Some(d) => (
             d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
-            d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0),
+            d.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
         ),
     }
 }
 
 /// The status of condition `type_` ("True"/"False"/"Unknown") on the pool.
 pub fn condition(status: &QueueWorkerPoolStatus, type_: &str) -> Option<String> {
-    status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
 }

@@ -8,8 +8,10 @@ fn repo() -> PathBuf {
 
 #[test]
 fn chart_crd_is_byte_identical_to_the_generated_crd() {
-    let generated = std::fs::read(repo().join("crds/queueworkerpool.yaml")).expect("read crds/queueworkerpool.yaml");
-    let in_chart = std::fs::read(repo().join("charts/qwp/crds/queueworkerpool.yaml")).expect("read charts/qwp/crds/queueworkerpool.yaml");
+    let generated = std::fs::read(repo().join("crds/queueworkerpool.yaml"))
+        .expect("read crds/queueworkerpool.yaml");
+    let in_chart = std::fs::read(repo().join("charts/qwp/crds/queueworkerpool.yaml"))
+        .expect("read charts/qwp/crds/queueworkerpool.yaml");
     assert!(
         generated == in_chart,
         "charts/qwp/crds/queueworkerpool.yaml differs from crds/queueworkerpool.yaml: run `make crds` (it copies the CRD into the chart)"
@@ -18,6 +20,11 @@ fn chart_crd_is_byte_identical_to_the_generated_crd() {
 
 #[test]
 fn chart_crd_is_the_crd_the_operator_types_generate() {
-    let in_chart = std::fs::read_to_string(repo().join("charts/qwp/crds/queueworkerpool.yaml")).expect("read the chart's CRD");
-    assert_eq!(in_chart, qwp_operator::crd::crd_yaml(), "the chart's CRD is stale: run `make crds`");
+    let in_chart = std::fs::read_to_string(repo().join("charts/qwp/crds/queueworkerpool.yaml"))
+        .expect("read the chart's CRD");
+    assert_eq!(
+        in_chart,
+        qwp_operator::crd::crd_yaml(),
+        "the chart's CRD is stale: run `make crds`"
+    );
 }

@@ -43,22 +43,36 @@ async fn stack(prefix: &str, visibility_timeout_seconds: u32) -> TestStack {
 /// Waits until the Deployment of `pool` has `spec.replicas == want` (and as many ready when
 /// `ready` is set).
 async fn wait_replicas(env: &TestEnv, pool: &str, want: i32, ready: bool, timeout: Duration) {
-    until(&format!("{pool} at {want} replicas (ready: {ready})"), timeout, HALF_SECOND, || async {
-        let (spec, ready_now) = replicas(&env.client, &env.ns, pool).await;
-        if spec == want && (!ready || ready_now == want) {
-            Ok(())
-        } else {
-            Err(format!("spec.replicas={spec} ready={ready_now}"))
-        }
-    })
+    until(
+        &format!("{pool} at {want} replicas (ready: {ready})"),
+        timeout,
+        HALF_SECOND,
+        || async {
+            let (spec, ready_now) = replicas(&env.client, &env.ns, pool).await;
+            if spec == want && (!ready || ready_now == want) {
+                Ok(())
+            } else {
+                Err(format!("spec.replicas={spec} ready={ready_now}"))
+            }
+        },
+    )
     .await
 }
 
 async fn wait_results(stack: &TestStack, count: usize, timeout: Duration) {
-    until(&format!("{count} results in the output bucket"), timeout, SECOND, || async {
-        let stored = result_keys(stack).await.len();
-        if stored >= count { Ok(()) } else { Err(format!("{stored} stored")) }
-    })
+    until(
+        &format!("{count} results in the output bucket"),
+        timeout,
+        SECOND,
+        || async {
+            let stored = result_keys(stack).await.len();
+            if stored >= count {
+                Ok(())
+            } else {
+                Err(format!("{stored} stored"))
+            }
+        },
+    )
     .await
 }
 
@@ -79,11 +93,16 @@ async fn t1_helm_install_makes_the_operator_ready_and_kubectl_shows_the_pool() {
     ensure_operator_installed();
     with_temp_ns("t1_install", |env| async move {
         let s = Settings::get();
-        let operator = qwp_e2e::wait::deployment(&env.client, &s.operator_namespace, &s.operator_deployment())
-            .await
-            .expect("the chart created the operator Deployment");
+        let operator =
+            qwp_e2e::wait::deployment(&env.client, &s.operator_namespace, &s.operator_deployment())
+                .await
+                .expect("the chart created the operator Deployment");
         let status = operator.status.unwrap_or_default();
-        assert_eq!(status.ready_replicas, Some(1), "operator not Ready: {status:?}");
+        assert_eq!(
+            status.ready_replicas,
+            Some(1),
+            "operator not Ready: {status:?}"
+        );
 
         // Jobs that outlast the test: 3 jobs, at most 2 pods of one slot each, give a stable
         // backlog of 3 (2 in flight + 1 visible), 2 desired and 2 ready.
@@ -96,22 +115,46 @@ async fn t1_helm_install_makes_the_operator_ready_and_kubectl_shows_the_pool() {
         submit_direct(&stack, 3).await;
         wait_replicas(&env, "columns", 2, true, Duration::from_secs(120)).await;
 
-        let table = until("kubectl get qwp to show backlog 3, desired 2, ready 2", Duration::from_secs(60), SECOND, || async {
-            let out = cmd::run_async("kubectl", vec!["-n".into(), env.ns.clone(), "get".into(), "qwp".into()]).await;
-            let lines: Vec<Vec<String>> =
-                out.stdout.lines().map(|l| l.split_whitespace().map(str::to_string).collect()).collect();
-            match lines.as_slice() {
-                [header, row] if row.len() == header.len() && row[2] == "3" && row[3] == "2" && row[4] == "2" => {
-                    Ok((header.clone(), row.clone()))
+        let table = until(
+            "kubectl get qwp to show backlog 3, desired 2, ready 2",
+            Duration::from_secs(60),
+            SECOND,
+            || async {
+                let out = cmd::run_async(
+                    "kubectl",
+                    vec!["-n".into(), env.ns.clone(), "get".into(), "qwp".into()],
+                )
+                .await;
+                let lines: Vec<Vec<String>> = out
+                    .stdout
+                    .lines()
+                    .map(|l| l.split_whitespace().map(str::to_string).collect())
+                    .collect();
+                match lines.as_slice() {
+                    [header, row]
+                        if row.len() == header.len()
+                            && row[2] == "3"
+                            && row[3] == "2"
+                            && row[4] == "2" =>
+                    {
+                        Ok((header.clone(), row.clone()))
+                    }
+                    _ => Err(format!("{}{}", out.stdout, out.stderr)),
                 }
-                _ => Err(format!("{}{}", out.stdout, out.stderr)),
-            }
-        })
+            },
+        )
         .await;
         let (header, row) = table;
-        assert_eq!(header, ["NAME", "QUEUE", "BACKLOG", "DESIRED", "READY", "AGE"]);
+        assert_eq!(
+            header,
+            ["NAME", "QUEUE", "BACKLOG", "DESIRED", "READY", "AGE"]
+        );
         assert_eq!(row[0], "columns");
-        assert!(row[1].ends_with(&stack.config.sqs_req_queue_name), "queue column {}", row[1]);
+        assert!(
+            row[1].ends_with(&stack.config.sqs_req_queue_name),
+            "queue column {}",
+            row[1]
+        );
     })
     .await;
 }
@@ -198,9 +241,18 @@ fn spawn_sampler(
                 _ = stop.changed() => break,
             }
             let (visible, in_flight) = stack.queue_depth().await;
-            let desired = pool_status(&client, &ns, &pool).await.map(|s| s.desired_replicas).unwrap_or(0);
+            let desired = pool_status(&client, &ns, &pool)
+                .await
+                .map(|s| s.desired_replicas)
+                .unwrap_or(0);
             let (_, ready) = replicas(&client, &ns, &pool).await;
-            samples.push(Sample { t: started.elapsed().as_secs_f64(), visible, in_flight, desired, ready });
+            samples.push(Sample {
+                t: started.elapsed().as_secs_f64(),
+                visible,
+                in_flight,
+                desired,
+                ready,
+            });
         }
         samples
     })
@@ -331,7 +383,11 @@ struct Removal {
     lowest_kept_cost: Option<i64>,
 }
 
-fn spawn_removal_watch(client: Client, ns: String, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<Vec<Removal>> {
+fn spawn_removal_watch(
+    client: Client,
+    ns: String,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<Removal>> {
     tokio::spawn(async move {
         let pods: Api<Pod> = Api::namespaced(client, &ns);
         let mut seen: BTreeMap<String, ()> = BTreeMap::new();
@@ -340,13 +396,27 @@ fn spawn_removal_watch(client: Client, ns: String, mut stop: watch::Receiver<boo
             if *stop.borrow() {
                 break;
             }
-            if let Ok(list) = pods.list(&ListParams::default().labels("queueworker.io/pool")).await {
-                let (deleting, kept): (Vec<&Pod>, Vec<&Pod>) =
-                    list.items.iter().partition(|p| p.metadata.deletion_timestamp.is_some());
-                let lowest_kept_cost = kept.iter().filter(|p| is_ready(p)).map(|p| deletion_cost(p)).min();
+            if let Ok(list) = pods
+                .list(&ListParams::default().labels("queueworker.io/pool"))
+                .await
+            {
+                let (deleting, kept): (Vec<&Pod>, Vec<&Pod>) = list
+                    .items
+                    .iter()
+                    .partition(|p| p.metadata.deletion_timestamp.is_some());
+                let lowest_kept_cost = kept
+                    .iter()
+                    .filter(|p| is_ready(p))
+                    .map(|p| deletion_cost(p))
+                    .min();
                 for pod in deleting {
                     if seen.insert(pod.name_any(), ()).is_none() {
-                        removals.push(Removal { pod: pod.name_any(), cost: deletion_cost(pod), ready: is_ready(pod), lowest_kept_cost });
+                        removals.push(Removal {
+                            pod: pod.name_any(),
+                            cost: deletion_cost(pod),
+                            ready: is_ready(pod),
+                            lowest_kept_cost,
+                        });
                     }
                 }
             }
@@ -400,11 +470,16 @@ async fn t4_scale_down_loses_no_job_and_removes_idle_pods_first() {
         let shrinking: Vec<&Removal> = removals.iter().filter(|r| r.lowest_kept_cost.is_some()).collect();
         eprintln!(
             "[e2e] scale-down: {JOBS} jobs, all stored; {} pods removed ({} while others kept running), \
-             {} jobs interrupted and handed back, {} redelivered; removals: {removals:?}",
+             {} jobs interrupted and handed back, {} redelivered; removed (pod: its cost / lowest cost kept): {}",
             removals.len(),
             shrinking.len(),
             interrupted,
-            redelivered.len()
+            redelivered.len(),
+            removals
+                .iter()
+                .map(|r| format!("{}: {} / {:?}", r.pod, r.cost, r.lowest_kept_cost))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         assert!(!shrinking.is_empty(), "the pool never shrank while pods were still running; the test proved nothing");
         assert!(
@@ -643,19 +718,42 @@ async fn t6_deleting_the_pool_removes_its_deployment() {
         wait_replicas(&env, "doomed", 1, true, Duration::from_secs(90)).await;
 
         let pools: Api<QueueWorkerPool> = Api::namespaced(env.client.clone(), &env.ns);
-        pools.delete("doomed", &DeleteParams::default()).await.expect("delete the pool");
-        until("the Deployment to be gone", Duration::from_secs(60), HALF_SECOND, || async {
-            match qwp_e2e::wait::deployment(&env.client, &env.ns, "doomed").await {
-                None => Ok(()),
-                Some(d) => Err(format!("still there, deletionTimestamp {:?}", d.metadata.deletion_timestamp)),
-            }
-        })
+        pools
+            .delete("doomed", &DeleteParams::default())
+            .await
+            .expect("delete the pool");
+        until(
+            "the Deployment to be gone",
+            Duration::from_secs(60),
+            HALF_SECOND,
+            || async {
+                match qwp_e2e::wait::deployment(&env.client, &env.ns, "doomed").await {
+                    None => Ok(()),
+                    Some(d) => Err(format!(
+                        "still there, deletionTimestamp {:?}",
+                        d.metadata.deletion_timestamp
+                    )),
+                }
+            },
+        )
         .await;
-        until("the worker pods to be gone", Duration::from_secs(60), HALF_SECOND, || async {
-            let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
-            let left = pods.list(&ListParams::default().labels("queueworker.io/pool=doomed")).await.map_err(|e| e.to_string())?;
-            if left.items.is_empty() { Ok(()) } else { Err(format!("{} pods left", left.items.len())) }
-        })
+        until(
+            "the worker pods to be gone",
+            Duration::from_secs(60),
+            HALF_SECOND,
+            || async {
+                let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+                let left = pods
+                    .list(&ListParams::default().labels("queueworker.io/pool=doomed"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if left.items.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{} pods left", left.items.len()))
+                }
+            },
+        )
         .await;
     })
     .await;
@@ -673,10 +771,36 @@ async fn t0_chart_lints_and_renders_objects_the_cluster_accepts() {
     let everything = "apiServer.enabled=true,samplePool.enabled=true,aws.endpoint=http://localstack:4566,\
                       aws.credentials.create=true,aws.credentials.accessKeyId=test,aws.credentials.secretAccessKey=test";
     let lint = cmd::run("helm", &["lint", "--strict", &chart, "--set", everything]);
-    assert!(lint.ok, "helm lint with every option failed:\n{}{}", lint.stdout, lint.stderr);
-    for (values, namespace) in [(everything, "default"), ("operator.watchNamespace=default", "default")] {
-        let rendered = cmd::must("helm", &["template", "dry", &chart, "--namespace", namespace, "--set", values]);
-        let applied = cmd::run_with_stdin("kubectl", &["apply", "--dry-run=server", "-n", namespace, "-f", "-"], &rendered);
-        assert!(applied.ok, "server-side dry run of the chart ({values}) failed:\n{}{}", applied.stdout, applied.stderr);
+    assert!(
+        lint.ok,
+        "helm lint with every option failed:\n{}{}",
+        lint.stdout, lint.stderr
+    );
+    for (values, namespace) in [
+        (everything, "default"),
+        ("operator.watchNamespace=default", "default"),
+    ] {
+        let rendered = cmd::must(
+            "helm",
+            &[
+                "template",
+                "dry",
+                &chart,
+                "--namespace",
+                namespace,
+                "--set",
+                values,
+            ],
+        );
+        let applied = cmd::run_with_stdin(
+            "kubectl",
+            &["apply", "--dry-run=server", "-n", namespace, "-f", "-"],
+            &rendered,
+        );
+        assert!(
+            applied.ok,
+            "server-side dry run of the chart ({values}) failed:\n{}{}",
+            applied.stdout, applied.stderr
+        );
     }
 }
