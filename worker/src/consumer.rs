@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 use crate::job::{self, JobContext, JobObserver, NoObserver};
 use crate::metrics::{Metrics, Outcome};
 use crate::processor::Processor;
-use crate::queue::{MAX_BATCH, Queue, Received};
+use crate::queue::{BatchDeleter, MAX_BATCH, Queue, Received};
 use crate::settings::Settings;
 use crate::storage::Storage;
 
@@ -99,6 +99,7 @@ impl Worker {
             "worker started"
         );
         let ctx = Arc::new(JobContext {
+            acks: BatchDeleter::spawn(self.queue.clone()),
             queue: self.queue,
             storage: self.storage,
             processor,

@@ -11,7 +11,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::metrics::{Metrics, Outcome};
 use crate::processor::{ProcessError, Processor};
-use crate::queue::{Queue, Received};
+use crate::queue::{BatchDeleter, Queue, Received};
 use crate::settings::Settings;
 use crate::storage::{InputError, Storage};
 
@@ -32,6 +32,7 @@ impl JobObserver for NoObserver {}
 /// Everything a job task needs, shared by all of them.
 pub(crate) struct JobContext {
     pub queue: Queue,
+    pub acks: BatchDeleter,
     pub storage: Storage,
     pub processor: Processor,
     pub settings: Settings,
@@ -119,7 +120,7 @@ async fn settle(ctx: &JobContext, msg: &Received, job: &JobMessage) -> Outcome {
     };
     // Only now, with the result stored, is the message acknowledged. If this delete
     // fails the job comes back, finds its result and is acknowledged then.
-    if let Err(err) = ctx.queue.delete(&msg.receipt_handle).await {
+    if let Err(err) = ctx.acks.delete(&msg.receipt_handle).await {
         warn!(error = %err, "could not delete the message; its redelivery will be acknowledged");
     }
     outcome
@@ -127,15 +128,14 @@ async fn settle(ctx: &JobContext, msg: &Received, job: &JobMessage) -> Outcome {
 
 /// Returns the retry reason when the job should go back to the queue.
 async fn attempt(ctx: &JobContext, job: &JobMessage) -> Result<Stored, String> {
-    if ctx
-        .storage
-        .result_exists(job)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    // Both lookups at once: one round trip less per job. A stored result wins
+    // over whatever the input fetch found (the input may be gone by now).
+    let (exists, input) =
+        tokio::join!(ctx.storage.result_exists(job), ctx.storage.fetch_input(job));
+    if exists.map_err(|e| e.to_string())? {
         return Ok(Stored::AlreadyDone);
     }
-    let result = match ctx.storage.fetch_input(job).await {
+    let result = match input {
         Ok(input) => {
             ctx.observer.processor_started(&job.job_id);
             let started = Instant::now();
