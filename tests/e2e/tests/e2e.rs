@@ -155,6 +155,40 @@ async fn t1_helm_install_makes_the_operator_ready_and_kubectl_shows_the_pool() {
             "queue column {}",
             row[1]
         );
+        // The operator may write events (RBAC: events.k8s.io create/patch).
+        let event = until(
+            "a Scaled event on the pool",
+            Duration::from_secs(30),
+            SECOND,
+            || async {
+                let out = cmd::run_async(
+                    "kubectl",
+                    [
+                        "-n",
+                        &env.ns,
+                        "get",
+                        "events",
+                        "--field-selector",
+                        "reason=Scaled",
+                        "-o",
+                        "name",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                )
+                .await;
+                if out.ok && !out.stdout.trim().is_empty() {
+                    Ok(out.stdout)
+                } else {
+                    Err(format!("{}{}", out.stdout, out.stderr))
+                }
+            },
+        )
+        .await;
+        eprintln!(
+            "[e2e] install: operator Ready, kubectl get qwp columns ok, events: {}",
+            event.trim()
+        );
     })
     .await;
 }
