@@ -30,9 +30,14 @@ pub struct ApiServer {
 
 /// `helm install api charts/qwp --set operator.enabled=false,apiServer.enabled=true ...`
 pub async fn install(env: &TestEnv, stack: &TestStack) -> ApiServer {
+    install_with(env, stack, &[]).await
+}
+
+/// [`install`] with more `--set` values (e.g. the chart's sample pool).
+pub async fn install_with(env: &TestEnv, stack: &TestStack, extra: &[&str]) -> ApiServer {
     let s = Settings::get();
     let chart = s.chart_dir().to_string_lossy().into_owned();
-    let sets = [
+    let mut sets = vec![
         "operator.enabled=false".to_string(),
         "apiServer.enabled=true".to_string(),
         "apiServer.logLevel=warn".to_string(),
@@ -45,6 +50,7 @@ pub async fn install(env: &TestEnv, stack: &TestStack) -> ApiServer {
         format!("jobs.outBucket={}", stack.config.s3_out_bucket),
         format!("jobs.queueName={}", stack.config.sqs_req_queue_name),
     ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
     let mut args: Vec<String> = [
         "install",
         RELEASE,

@@ -838,3 +838,56 @@ async fn t0_chart_lints_and_renders_objects_the_cluster_accepts() {
         );
     }
 }
+
+/// 7. The chart's own API server and sample pool, as a user would install them, answer the
+/// seed's `POST /` with the checksum result: the pool wakes from zero, a worker processes the
+/// upload and the API server returns the result while the client waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t7_chart_api_server_and_sample_pool_answer_the_seed_request() {
+    ensure_operator_installed();
+    with_temp_ns("t7_sample", |env| async move {
+        let stack = stack("e2e-sample", 30).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let api = api_server::install_with(
+            &env,
+            &stack,
+            &[
+                "samplePool.enabled=true",
+                "samplePool.processor=checksum",
+                "samplePool.pollIntervalSeconds=2",
+            ],
+        )
+        .await;
+        let body = b"hello from the e2e suite\n".to_vec();
+        let form = reqwest::multipart::Form::new().part(
+            "inputFile",
+            reqwest::multipart::Part::bytes(body.clone()).file_name("hello.txt"),
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let response = http
+            .post(format!("{}/", api.base_url))
+            .multipart(form)
+            .send()
+            .await
+            .expect("POST / to the chart's API server");
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.expect("a JSON answer");
+        assert_eq!(status, 200, "no result within MAX_WAIT_SECONDS: {answer}");
+        assert_eq!(answer["status"], "done", "{answer}");
+        assert_eq!(answer["result"]["bytes"], body.len(), "{answer}");
+        let sha256 = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&body));
+        assert_eq!(answer["result"]["sha256"], sha256, "{answer}");
+        let status = pool_status(&env.client, &env.ns, "qwp-sample")
+            .await
+            .expect("the sample pool has a status");
+        assert!(
+            status.last_scale_time.is_some(),
+            "the sample pool never scaled: {status:?}"
+        );
+        eprintln!("[e2e] sample: POST / answered {answer}");
+    })
+    .await;
+}
