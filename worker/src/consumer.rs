@@ -9,22 +9,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use qwp_jobs::aws::AwsClients;
 use qwp_jobs::config::{Config, ConfigError};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{Id, JoinError, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::job::{self, JobContext, JobObserver, NoObserver};
 use crate::metrics::{Metrics, Outcome};
 use crate::processor::Processor;
-use crate::queue::{BatchDeleter, MAX_BATCH, Queue, Received};
+use crate::queue::{BatchDeleter, MAX_BATCH, Queue, QueueError, Received};
 use crate::settings::Settings;
 use crate::storage::Storage;
 
 /// Longest pause between receive attempts while SQS is unreachable.
 const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(30);
+/// Most `ReceiveMessage` calls in flight at once per process.
+const MAX_POLLERS: usize = 8;
 
 pub struct Worker {
     queue: Queue,
@@ -132,6 +138,9 @@ impl Worker {
     }
 }
 
+/// One `ReceiveMessage` in flight with the slots it asked for.
+type Poll = (Vec<OwnedSemaphorePermit>, Result<Vec<Received>, QueueError>);
+
 async fn receive_loop(
     ctx: &Arc<JobContext>,
     tasks: &mut Tasks,
@@ -139,79 +148,103 @@ async fn receive_loop(
     drain_expired: &CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
+    // Several polls at once when there are many slots, each asking for at most 10:
+    // refilling 100 freed slots then takes one round trip, not ten in a row.
+    let pollers = ctx
+        .settings
+        .concurrency
+        .div_ceil(MAX_BATCH)
+        .min(MAX_POLLERS);
+    let mut polls: FuturesUnordered<BoxFuture<'static, Poll>> = FuturesUnordered::new();
     let mut receive_failures = 0u32;
+    let mut paused_until: Option<Instant> = None;
     loop {
-        let first_slot = tokio::select! {
+        tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
-            Some(finished) = tasks.set.join_next_with_id() => {
-                tasks.settle(ctx, finished).await;
-                continue;
-            }
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-        };
-        let mut slots_held = vec![first_slot];
-        while slots_held.len() < MAX_BATCH {
-            match slots.clone().try_acquire_owned() {
-                Ok(slot) => slots_held.push(slot),
-                Err(_) => break,
-            }
-        }
-
-        // A long poll already under way is allowed to finish (at most
-        // SQS_WAIT_TIME_SECONDS) so that what it returns can be handed back at once
-        // instead of staying invisible; only the drain deadline cuts it short.
-        let received = tokio::select! {
-            received = ctx.queue.receive(slots_held.len()) => received,
-            _ = drain_expired.cancelled() => return,
-        };
-        let messages = match received {
-            Ok(messages) => {
-                receive_failures = 0;
-                ctx.metrics.set_ready();
-                messages
-            }
-            Err(err) => {
-                ctx.metrics.receive_error();
-                receive_failures += 1;
-                let pause =
-                    Duration::from_secs(1 << receive_failures.min(5)).min(MAX_RECEIVE_BACKOFF);
-                warn!(error = %err, retry_in_s = pause.as_secs(), "receive failed");
-                drop(slots_held);
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(pause) => continue,
+            _ = shutdown.cancelled() => break,
+            Some(finished) = tasks.set.join_next_with_id() => tasks.settle(ctx, finished).await,
+            Some((slots_held, received)) = polls.next() => match received {
+                Ok(messages) => {
+                    receive_failures = 0;
+                    ctx.metrics.set_ready();
+                    start_jobs(ctx, tasks, messages, slots_held).await;
                 }
-            }
-        };
-        if messages.is_empty() {
-            ctx.metrics.empty_receive();
-            continue;
-        }
-        if shutdown.is_cancelled() {
-            let handles: Vec<String> = messages.into_iter().map(|m| m.receipt_handle).collect();
-            let released = ctx.queue.release(&handles).await;
-            info!(
-                received = handles.len(),
-                released, "shutdown during a receive: handed its messages back"
-            );
-            ctx.metrics.jobs_released(released);
-            return;
-        }
-        let mut slots_held = slots_held.into_iter();
-        for msg in messages {
-            match slots_held.next() {
-                Some(slot) => tasks.spawn(ctx, msg, slot),
-                None => {
-                    // SQS never returns more than asked; if it did, do not sit on it.
-                    ctx.queue
-                        .release(std::slice::from_ref(&msg.receipt_handle))
-                        .await;
+                Err(err) => {
+                    ctx.metrics.receive_error();
+                    receive_failures += 1;
+                    let pause = Duration::from_secs(1 << receive_failures.min(5)).min(MAX_RECEIVE_BACKOFF);
+                    warn!(error = %err, retry_in_s = pause.as_secs(), "receive failed");
+                    paused_until = Some(Instant::now() + pause);
                 }
+            },
+            _ = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
+                paused_until = None;
+            }
+            first_slot = slots.clone().acquire_owned(), if polls.len() < pollers && paused_until.is_none() => {
+                let mut slots_held = vec![first_slot.expect("the semaphore is never closed")];
+                while slots_held.len() < MAX_BATCH {
+                    match slots.clone().try_acquire_owned() {
+                        Ok(slot) => slots_held.push(slot),
+                        Err(_) => break,
+                    }
+                }
+                let queue = ctx.queue.clone();
+                polls.push(Box::pin(async move {
+                    let received = queue.receive(slots_held.len()).await;
+                    (slots_held, received)
+                }));
             }
         }
-        // Slots left over (fewer messages than asked) return to the semaphore here.
     }
+
+    // Polls already under way may finish (at most SQS_WAIT_TIME_SECONDS) so that what
+    // they return is handed back at once instead of staying invisible; only the drain
+    // deadline cuts them short.
+    let mut handed_back = Vec::new();
+    loop {
+        tokio::select! {
+            next = polls.next() => match next {
+                Some((_, Ok(messages))) => handed_back.extend(messages.into_iter().map(|m| m.receipt_handle)),
+                Some((_, Err(_))) => {}
+                None => break,
+            },
+            _ = drain_expired.cancelled() => break,
+        }
+    }
+    if !handed_back.is_empty() {
+        let released = ctx.queue.release(&handed_back).await;
+        info!(
+            received = handed_back.len(),
+            released, "shutdown during a receive: handed its messages back"
+        );
+        ctx.metrics.jobs_released(released);
+    }
+}
+
+/// Starts one job per message, each with one of the slots the poll asked for.
+async fn start_jobs(
+    ctx: &Arc<JobContext>,
+    tasks: &mut Tasks,
+    messages: Vec<Received>,
+    slots_held: Vec<OwnedSemaphorePermit>,
+) {
+    if messages.is_empty() {
+        ctx.metrics.empty_receive();
+        return;
+    }
+    let mut slots_held = slots_held.into_iter();
+    for msg in messages {
+        match slots_held.next() {
+            Some(slot) => tasks.spawn(ctx, msg, slot),
+            None => {
+                // SQS never returns more than asked; if it did, do not sit on it.
+                ctx.queue
+                    .release(std::slice::from_ref(&msg.receipt_handle))
+                    .await;
+            }
+        }
+    }
+    // Slots left over (fewer messages than asked) return to the semaphore here.
 }
 
 /// The running job tasks, and the receipt of each so shutdown can hand it back.
@@ -222,12 +255,7 @@ struct Tasks {
 }
 
 impl Tasks {
-    fn spawn(
-        &mut self,
-        ctx: &Arc<JobContext>,
-        msg: Received,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    fn spawn(&mut self, ctx: &Arc<JobContext>, msg: Received, slot: OwnedSemaphorePermit) {
         let unsettled = Unsettled {
             receipt_handle: msg.receipt_handle.clone(),
             receive_count: msg.receive_count,
