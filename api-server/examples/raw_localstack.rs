@@ -64,7 +64,9 @@ async fn main() -> anyhow::Result<()> {
                 .send()
                 .await?;
         }
-        _ => anyhow::bail!("usage: raw_localstack setup | drive CONCURRENCY SECONDS BYTES | purge | cleanup"),
+        _ => anyhow::bail!(
+            "usage: raw_localstack setup | drive CONCURRENCY SECONDS BYTES | purge | cleanup"
+        ),
     }
     Ok(())
 }
@@ -180,7 +182,12 @@ async fn empty_and_delete(clients: &AwsClients, bucket: &str) -> anyhow::Result<
             .s3
             .delete_objects()
             .bucket(bucket)
-            .delete(Delete::builder().set_objects(Some(keys)).quiet(true).build()?)
+            .delete(
+                Delete::builder()
+                    .set_objects(Some(keys))
+                    .quiet(true)
+                    .build()?,
+            )
             .send()
             .await?;
     }

@@ -8,11 +8,37 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use qwp_jobs::aws::AwsClients;
 use qwp_jobs::{Config, JobId, JobMessage, JobResult, keys};
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 /// Result documents larger than this are not a worker's honest output; refuse to load them.
 const MAX_RESULT_BYTES: i64 = 16 * 1024 * 1024;
+
+/// How many job ids [`KnownJobs`] remembers (16 bytes each, twice).
+const KNOWN_JOBS_CAPACITY: usize = 100_000;
+
+/// Job ids whose input is known to exist: accepted here, or found by a listing. An input
+/// exists from acceptance on, so a positive answer never goes stale; remembering it
+/// saves a ListObjectsV2 for every poll of a pending job, a call whose cost grows with
+/// the bucket on some S3 implementations (LocalStack lists the whole bucket).
+struct KnownJobs {
+    ids: HashSet<JobId>,
+    order: VecDeque<JobId>,
+}
+
+impl KnownJobs {
+    fn insert(&mut self, job_id: JobId) {
+        if self.ids.insert(job_id) {
+            self.order.push_back(job_id);
+            if self.order.len() > KNOWN_JOBS_CAPACITY
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.ids.remove(&oldest);
+            }
+        }
+    }
+}
 
 /// An AWS call failed; the message is for logs only.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +69,7 @@ pub struct JobStore {
     config: Arc<Config>,
     /// Resolved on first use, so the server starts (and reports not-ready) while SQS is down.
     queue_url: Arc<OnceCell<String>>,
+    known: Arc<Mutex<KnownJobs>>,
 }
 
 impl JobStore {
@@ -51,6 +78,10 @@ impl JobStore {
             clients,
             config: Arc::new(config),
             queue_url: Arc::new(OnceCell::new()),
+            known: Arc::new(Mutex::new(KnownJobs {
+                ids: HashSet::new(),
+                order: VecDeque::new(),
+            })),
         }
     }
 
@@ -77,6 +108,7 @@ impl JobStore {
             .send()
             .await
             .map_err(|e| StoreError::from_sdk("PutObject input", e))?;
+        self.remember(message.job_id);
         Ok(())
     }
 
@@ -89,6 +121,11 @@ impl JobStore {
             .send()
             .await
             .map_err(|e| StoreError::from_sdk("DeleteObject input", e))?;
+        self.known
+            .lock()
+            .expect("known jobs lock")
+            .ids
+            .remove(&message.job_id);
         Ok(())
     }
 
@@ -160,6 +197,15 @@ impl JobStore {
 
     /// Whether the job was ever submitted: its input object `{job_id}_*` exists.
     pub async fn input_exists(&self, job_id: &JobId) -> Result<bool, StoreError> {
+        if self
+            .known
+            .lock()
+            .expect("known jobs lock")
+            .ids
+            .contains(job_id)
+        {
+            return Ok(true);
+        }
         let listing = self
             .clients
             .s3
@@ -170,7 +216,15 @@ impl JobStore {
             .send()
             .await
             .map_err(|e| StoreError::from_sdk("ListObjectsV2 input", e))?;
-        Ok(listing.key_count.unwrap_or(0) > 0 || !listing.contents().is_empty())
+        let exists = listing.key_count.unwrap_or(0) > 0 || !listing.contents().is_empty();
+        if exists {
+            self.remember(*job_id);
+        }
+        Ok(exists)
+    }
+
+    fn remember(&self, job_id: JobId) {
+        self.known.lock().expect("known jobs lock").insert(job_id);
     }
 
     /// Readiness: both buckets and the queue answer.
@@ -231,5 +285,30 @@ pub(crate) fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
     match err {
         SdkError::ServiceError(_) => err.raw_response().map(|r| r.status().as_u16()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_jobs_forget_the_oldest_past_capacity() {
+        let mut known = KnownJobs {
+            ids: HashSet::new(),
+            order: VecDeque::new(),
+        };
+        let first = JobId::new();
+        known.insert(first);
+        known.insert(first);
+        assert_eq!(known.order.len(), 1);
+        let mut last = first;
+        for _ in 0..KNOWN_JOBS_CAPACITY {
+            last = JobId::new();
+            known.insert(last);
+        }
+        assert!(!known.ids.contains(&first));
+        assert!(known.ids.contains(&last));
+        assert_eq!(known.ids.len(), KNOWN_JOBS_CAPACITY);
     }
 }
