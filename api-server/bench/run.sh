@@ -31,27 +31,45 @@ if [[ ! -x "$OHA" ]]; then
 fi
 command -v jq >/dev/null || { echo "jq is required (apt-get install jq)" >&2; exit 1; }
 
+LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 cargo build --release -j2 -p qwp-api-server --bin qwp-api-server --example raw_localstack >&2
 RAW="$ROOT/target/release/examples/raw_localstack"
 SERVER_BIN="$ROOT/target/release/qwp-api-server"
 
-# Private buckets and queue for this run.
-eval "$("$RAW" setup | sed 's/^/export /')"
 head -c "$PAYLOAD_BYTES" /dev/urandom >"$WORK/payload.bin"
 
+# Every run gets fresh private buckets and a fresh queue, so no run pays for the
+# objects and messages an earlier one left behind.
 SERVER_PID=""
-cleanup() {
-    [[ -n "$SERVER_PID" ]] && kill -TERM "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+STACK_UP=""
+fresh_stack() {
+    eval "$("$RAW" setup | sed 's/^/export /')"
+    STACK_UP=1
+}
+drop_stack() {
+    [[ -n "$STACK_UP" ]] || return 0
     "$RAW" cleanup >&2 || echo "cleanup of $S3_IN_BUCKET/$S3_OUT_BUCKET failed" >&2
+    STACK_UP=""
+}
+start_server() {
+    PORT="$PORT" RUST_LOG=warn "$SERVER_BIN" >>"$WORK/server.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do curl -fsS "$BASE/health" >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -fsS "$BASE/readyz" >/dev/null || { echo "server not ready" >&2; cat "$WORK/server.log" >&2; exit 1; }
+}
+stop_server() {
+    [[ -n "$SERVER_PID" ]] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=""
+}
+cleanup() {
+    stop_server
+    drop_stack
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-PORT="$PORT" RUST_LOG=warn "$SERVER_BIN" >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
 BASE="http://127.0.0.1:$PORT"
-for _ in $(seq 100); do curl -fsS "$BASE/health" >/dev/null 2>&1 && break; sleep 0.1; done
-curl -fsS "$BASE/readyz" >&2 && echo >&2
 
 # oha's JSON summary → "rps p50_ms p95_ms p99_ms unexpected": other statuses and errors,
 # not counting requests cut off when the run's time is up.
@@ -68,20 +86,27 @@ oha_row() {
 echo "| clients | API accepted jobs/s | API p50 ms | API p95 ms | API p99 ms | API non-202 | raw Put+Send ops/s | raw p50 ms | raw p95 ms | raw p99 ms | API/raw throughput |"
 echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for c in $CONCURRENCY_LEVELS; do
-    "$RAW" purge
+    fresh_stack
+    start_server
     "$OHA" --no-tui --output-format json -z "${SECONDS_PER_RUN}s" -c "$c" -m POST \
         -T application/octet-stream -D "$WORK/payload.bin" \
         "$BASE/jobs?filename=bench.bin&wait=0" >"$WORK/api-$c.json"
     read -r rps p50 p95 p99 bad < <(oha_row 202 "$WORK/api-$c.json")
-    "$RAW" purge
+    stop_server
+    drop_stack
+    fresh_stack
     "$RAW" drive "$c" "$SECONDS_PER_RUN" "$PAYLOAD_BYTES" >"$WORK/raw-$c.json"
     read -r raw_ops raw_p50 raw_p95 raw_p99 < <(jq -r '[.ops_per_sec, .p50_ms, .p95_ms, .p99_ms] | @tsv' "$WORK/raw-$c.json")
     printf '| %s | %.1f | %.1f | %.1f | %.1f | %s | %.1f | %.1f | %.1f | %.1f | %.2f |\n' \
         "$c" "$rps" "$p50" "$p95" "$p99" "$bad" "$raw_ops" "$raw_p50" "$raw_p95" "$raw_p99" \
         "$(echo "$rps / $raw_ops" | bc -l)"
+    drop_stack
 done
 
-# Reading a job back: a pending job costs a GetObject (result) and a ListObjectsV2 (input).
+# Reading a job back: a pending job costs a GetObject of its result (the listing that
+# tells pending from unknown is remembered after the first read).
+fresh_stack
+start_server
 JOB_ID="$(curl -fsS -X POST -H 'content-type: application/octet-stream' --data-binary @"$WORK/payload.bin" \
     "$BASE/jobs?filename=status.bin&wait=0" | jq -r .job_id)"
 "$OHA" --no-tui --output-format json -z "${SECONDS_PER_RUN}s" -c 50 "$BASE/status/$JOB_ID" >"$WORK/status.json"
@@ -91,4 +116,5 @@ echo "| GET /status/{id} (pending), 50 clients | req/s | p50 ms | p95 ms | p99 m
 echo "|---|---:|---:|---:|---:|---:|"
 printf '| | %.1f | %.1f | %.1f | %.1f | %s |\n' "$rps" "$p50" "$p95" "$p99" "$bad"
 echo
+echo "load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "payload ${PAYLOAD_BYTES} B, ${SECONDS_PER_RUN} s per run, server, LocalStack and load generator on one $(nproc)-core machine"
