@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -43,6 +45,8 @@ pub struct Context {
     pub probe: Arc<dyn InFlightProbe>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// Reporting instance of the Events this process writes (host or pod name).
+    pub instance: String,
     /// Per-pool memory: decision history, last reading, consecutive errors. In memory only:
     /// after a restart the history starts from the running replicas (see
     /// [`History::starting_at`]).
@@ -75,6 +79,10 @@ impl Context {
     ) -> Self {
         let reporter = Reporter::from(FIELD_MANAGER);
         Context {
+            instance: reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| FIELD_MANAGER.to_string()),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             queue,
@@ -421,7 +429,7 @@ async fn announce(
             "scaled from {current} to {} replicas: {}",
             decision.replicas, decision.reason
         );
-        publish(ctx, pool, EventType::Normal, "Scaled", note).await;
+        publish_scale(ctx, pool, note).await;
     }
     let previous = pool
         .status
@@ -454,6 +462,48 @@ async fn announce(
     }
 }
 
+/// One Event per scale change. The Recorder folds repeats of an event key (reason, object,
+/// reporter — not the note) into a series that keeps the first note; every scale change must
+/// show its own numbers, so these are created directly.
+async fn publish_scale(ctx: &Context, pool: &QueueWorkerPool, note: String) {
+    let now = Timestamp::now();
+    let event = K8sEvent {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}", pool.name_any(), now.as_nanosecond())),
+            namespace: pool.namespace(),
+            ..ObjectMeta::default()
+        },
+        action: Some("Scale".to_string()),
+        reason: Some("Scaled".to_string()),
+        note: Some(truncate_note(note)),
+        type_: Some("Normal".to_string()),
+        event_time: Some(MicroTime(now)),
+        regarding: Some(pool.object_ref(&())),
+        reporting_controller: Some(FIELD_MANAGER.to_string()),
+        reporting_instance: Some(ctx.instance.clone()),
+        ..K8sEvent::default()
+    };
+    let events: Api<K8sEvent> =
+        Api::namespaced(ctx.client.clone(), &pool.namespace().unwrap_or_default());
+    if let Err(err) = events.create(&PostParams::default(), &event).await {
+        warn!(pool = %pool.name_any(), error = %err, "cannot publish event");
+    }
+}
+
+/// events.k8s.io limits a note to 1 kB.
+fn truncate_note(mut note: String) -> String {
+    const LIMIT: usize = 1024;
+    if note.len() > LIMIT {
+        let mut cut = LIMIT - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    note
+}
+
 async fn publish(
     ctx: &Context,
     pool: &QueueWorkerPool,
@@ -464,7 +514,7 @@ async fn publish(
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note),
+        note: Some(truncate_note(note)),
         action: "Reconcile".to_string(),
         secondary: None,
     };
@@ -541,6 +591,17 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_notes_are_cut_to_the_event_limit() {
+        let note = truncate_note("é".repeat(600));
+        assert!(
+            note.len() <= 1024 && note.ends_with("..."),
+            "{}",
+            note.len()
+        );
+        assert_eq!(truncate_note("short".into()), "short");
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
