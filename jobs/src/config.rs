@@ -34,6 +34,15 @@ impl<'a> Vars<'a> {
         }
     }
 
+    /// Fixed variables, for tests: nothing else is set.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Vars::new(move |k| map.get(k).cloned())
+    }
+
     /// A set, non-blank value; an empty variable counts as unset.
     pub fn optional(&self, name: &str) -> Option<String> {
         (self.lookup)(name).filter(|v| !v.trim().is_empty())
@@ -161,18 +170,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn vars(pairs: &[(&str, &str)]) -> Config {
         try_vars(pairs).unwrap()
     }
 
     fn try_vars(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_vars(&Vars::new(move |k| map.get(k).cloned()))
+        Config::from_vars(&Vars::from_pairs(pairs))
     }
 
     #[test]
