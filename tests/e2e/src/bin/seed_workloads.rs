@@ -1,0 +1,1015 @@
+//! The seeds' workloads on the real cluster (`make bench-seed`): seed 002/004's flash sale,
+//! seed 000's upload-to-result load test and seed 003's status reads, against the chart's API
+//! server (one replica) and a QueueWorkerPool left at the operator's default scaling settings.
+//! `oha` generates the HTTP load; a sampler reads the queue, the pool and its pods once a
+//! second. Prints a markdown table beside the seeds' figures and writes it, with the flash
+//! sale's timeline (CSV + PNG), to `docs/bench/`. A benchmark: it prints numbers and fails only
+//! when a flash-sale job has no `done` result; other shortfalls are counted in the table.
+//!
+//! Settings (environment): `OHA` (default `.cache/tools/bin/oha`), `SEED_OUT_DIR`
+//! (`docs/bench`), `SEED_FLASH_SECONDS` (60), `SEED_FLASH_CLIENTS` (20), `SEED_FLASH_QPS` (0 =
+//! no limit), `SEED_UPLOAD_REQUESTS` (100), `SEED_UPLOAD_CLIENTS` (10), `SEED_STATUS_SECONDS`
+//! (30), `SEED_STATUS_CLIENTS` (50), plus the e2e suite's (docs/e2e.md).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use qwp_e2e::api_server::{self, ApiServer};
+use qwp_e2e::install::ensure_operator_installed;
+use qwp_e2e::jobs::results;
+use qwp_e2e::pool::{PoolOptions, create_aws_secret, pool_object};
+use qwp_e2e::timeline::{Sample, render_png, to_csv};
+use qwp_e2e::wait::{deployment, pool_status, until};
+use qwp_e2e::{Settings, TestEnv, with_temp_ns};
+use qwp_jobs::config::{ConfigError, Vars};
+use qwp_jobs::result::Outcome;
+use qwp_jobs::testing::{TestStack, TestStackOptions};
+use qwp_operator::crd::{POOL_LABEL, QueueWorkerPool};
+use serde_json::Value;
+use tokio::sync::watch;
+
+const POOL: &str = "flash";
+/// Seed 004: every order takes 3 s ("payment constraint").
+const JOB_SECONDS: f64 = 3.0;
+const CONCURRENCY: i32 = 5;
+const MAX_REPLICAS: i32 = 15;
+/// The flash sale's order, sent as a raw body.
+const ORDER: &str =
+    r#"{"order_id":"flash-sale","customer":"c-1","items":[{"sku":"A-1","qty":1}],"total":100.0}"#;
+
+/// What the run reads from the environment.
+#[derive(Clone, Debug)]
+struct Bench {
+    oha: PathBuf,
+    out_dir: PathBuf,
+    flash_seconds: u32,
+    flash_clients: u32,
+    /// oha `-q`; 0 = as fast as the clients go.
+    flash_qps: u32,
+    upload_requests: u32,
+    upload_clients: u32,
+    status_seconds: u32,
+    status_clients: u32,
+}
+
+impl Bench {
+    fn from_env() -> Result<Bench, ConfigError> {
+        let vars = Vars::process();
+        let root = &Settings::get().repo_root;
+        Ok(Bench {
+            oha: PathBuf::from(
+                vars.string("OHA", &root.join(".cache/tools/bin/oha").to_string_lossy()),
+            ),
+            out_dir: PathBuf::from(
+                vars.string("SEED_OUT_DIR", &root.join("docs/bench").to_string_lossy()),
+            ),
+            flash_seconds: vars.parse_in("SEED_FLASH_SECONDS", 60, 5..=600)?,
+            flash_clients: vars.parse_in("SEED_FLASH_CLIENTS", 20, 1..=500)?,
+            flash_qps: vars.parse_in("SEED_FLASH_QPS", 0, 0..=10_000)?,
+            upload_requests: vars.parse_in("SEED_UPLOAD_REQUESTS", 100, 1..=10_000)?,
+            upload_clients: vars.parse_in("SEED_UPLOAD_CLIENTS", 10, 1..=500)?,
+            status_seconds: vars.parse_in("SEED_STATUS_SECONDS", 30, 5..=600)?,
+            status_clients: vars.parse_in("SEED_STATUS_CLIENTS", 50, 1..=500)?,
+        })
+    }
+}
+
+fn main() {
+    let bench = Bench::from_env().unwrap_or_else(|e| {
+        eprintln!("seed_workloads: {e}");
+        std::process::exit(2)
+    });
+    if !bench.oha.is_file() {
+        eprintln!(
+            "seed_workloads: the load generator oha is not at {} (install it with \
+             `cargo install oha --locked --root .cache/tools -j2`, or set OHA)",
+            bench.oha.display()
+        );
+        std::process::exit(2);
+    }
+    let started = Instant::now();
+    ensure_operator_installed();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(with_temp_ns("seed_workloads", move |env| run(env, bench)));
+    eprintln!(
+        "[seed] whole run (operator install, set-up, three workloads, clean-up): {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+async fn run(env: TestEnv, bench: Bench) {
+    let stack = Arc::new(
+        TestStack::new(
+            "seed-flash",
+            TestStackOptions {
+                visibility_timeout_seconds: 30,
+                max_receive_count: None,
+            },
+        )
+        .await,
+    );
+    create_aws_secret(&env.client, &env.ns).await;
+    let api = api_server::install(&env, &stack).await;
+    eprintln!(
+        "[seed] API server reached via {} at {}",
+        api.via, api.base_url
+    );
+    let pool = create_default_pool(&env, &stack).await;
+    let defaults = format!(
+        "poll every {} s, scale-down window {} s, scale-up window {} s",
+        pool.spec.poll_interval_seconds,
+        pool.spec.scale_down.stabilization_window_seconds,
+        pool.spec.scale_up.stabilization_window_seconds
+    );
+    eprintln!("[seed] pool {POOL} stored with the defaults: {defaults}");
+    until(
+        "the operator's first reading of the queue",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            match pool_status(&env.client, &env.ns, POOL).await {
+                Some(s) if s.backlog.is_some() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    let flash = flash_sale(&env, &stack, &api, &bench).await;
+    let upload = upload_to_result(&env, &stack, &api, &bench).await;
+    let status = status_reads(&api, &bench, &flash.finished).await;
+
+    let table = report_table(&bench, &flash, &upload, &status);
+    let notes = format!(
+        "Pool: `sleep` {JOB_SECONDS} s per job, concurrency {CONCURRENCY}, minReplicas 0, \
+         maxReplicas {MAX_REPLICAS}, {defaults}; queue visibility timeout 30 s; API server: \
+         the chart's, 1 replica, reached via {}.\n",
+        api.via
+    );
+    println!("\n{table}\n{notes}");
+    std::fs::create_dir_all(&bench.out_dir).expect("create the output directory");
+    let table_path = bench.out_dir.join("seed-workloads.md");
+    std::fs::write(&table_path, format!("{table}\n{notes}")).expect("write the table");
+    eprintln!("[seed] table written to {}", table_path.display());
+
+    remove_stack(&stack).await;
+}
+
+/// The flash sale's pool: the suite's pool object (sleep processor, the stack's queue) with
+/// every scaling setting removed, so the API server fills in the CRD's defaults.
+async fn create_default_pool(env: &TestEnv, stack: &TestStack) -> QueueWorkerPool {
+    let mut options = PoolOptions::new(POOL);
+    options.min_replicas = 0;
+    options.max_replicas = MAX_REPLICAS;
+    options.concurrency = CONCURRENCY;
+    options.sleep_seconds = format!("{JOB_SECONDS}");
+    options.visibility_timeout_seconds = 30;
+    let mut object = serde_json::to_value(pool_object(stack, &options)).expect("pool as JSON");
+    let spec = object["spec"].as_object_mut().expect("the pool has a spec");
+    for defaulted in [
+        "pollIntervalSeconds",
+        "scaleUp",
+        "scaleDown",
+        "countInFlight",
+        "countDelayed",
+        "activationBacklog",
+        "targetBacklogPerPod",
+        "paused",
+    ] {
+        spec.remove(defaulted);
+    }
+    let resource = ApiResource::erase::<QueueWorkerPool>(&());
+    let pools: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &resource);
+    let object: DynamicObject = serde_json::from_value(object).expect("pool object");
+    pools
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create pool {POOL}: {e}"));
+    let typed: Api<QueueWorkerPool> = Api::namespaced(env.client.clone(), &env.ns);
+    typed.get(POOL).await.expect("read the stored pool back")
+}
+
+// ---------------------------------------------------------------------------------------
+// oha
+
+/// What one oha run measured.
+#[derive(Debug, Default)]
+struct OhaRun {
+    seconds: f64,
+    average_ms: f64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    statuses: BTreeMap<String, u64>,
+    /// Connection errors, timeouts; without requests cut off at the end of a `-z` run.
+    errors: BTreeMap<String, u64>,
+}
+
+impl OhaRun {
+    fn count(&self, status: &str) -> u64 {
+        self.statuses.get(status).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> u64 {
+        self.statuses.values().sum::<u64>() + self.errors.values().sum::<u64>()
+    }
+
+    /// Answers other than `expected`, and errors.
+    fn unexpected(&self, expected: &str) -> u64 {
+        self.total() - self.count(expected)
+    }
+
+    fn rate(&self, status: &str) -> f64 {
+        self.count(status) as f64 / self.seconds.max(f64::EPSILON)
+    }
+}
+
+/// Runs `oha --no-tui --output-format json <args>` and reads its summary.
+async fn oha(bench: &Bench, args: &[String]) -> OhaRun {
+    let output = tokio::process::Command::new(&bench.oha)
+        .args(["--no-tui", "--output-format", "json"])
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bench.oha.display()));
+    assert!(
+        output.status.success(),
+        "oha {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "oha printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    });
+    let ms = |v: &Value| v.as_f64().unwrap_or(f64::NAN) * 1000.0;
+    let counts = |v: &Value| -> BTreeMap<String, u64> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut errors = counts(&report["errorDistribution"]);
+    errors.remove("aborted due to deadline");
+    OhaRun {
+        seconds: report["summary"]["total"].as_f64().unwrap_or(f64::NAN),
+        average_ms: ms(&report["summary"]["average"]),
+        p50_ms: ms(&report["latencyPercentiles"]["p50"]),
+        p95_ms: ms(&report["latencyPercentiles"]["p95"]),
+        p99_ms: ms(&report["latencyPercentiles"]["p99"]),
+        max_ms: ms(&report["summary"]["slowest"]),
+        statuses: counts(&report["statusCodeDistribution"]),
+        errors,
+    }
+}
+
+fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Flash sale
+
+/// One sample of the timeline plus the pods of the pool that exist (starting, running or
+/// terminating), which is what costs.
+#[derive(Clone, Copy, Debug)]
+struct Tick {
+    sample: Sample,
+    pods: usize,
+}
+
+/// Reads queue depth (SQS), desired (pool status), ready (Deployment) and the pool's pods
+/// once a second until `stop` is set.
+fn spawn_sampler(
+    client: Client,
+    ns: String,
+    stack: Arc<TestStack>,
+    started: Instant,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<Tick>> {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let selector = ListParams::default().labels(&format!("{POOL_LABEL}={POOL}"));
+        let mut ticks = Vec::new();
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = stop.changed() => break,
+            }
+            let t = started.elapsed().as_secs_f64();
+            let ((visible, in_flight), status, deploy, pod_list) = tokio::join!(
+                stack.queue_depth(),
+                pool_status(&client, &ns, POOL),
+                deployment(&client, &ns, POOL),
+                pods.list(&selector),
+            );
+            let ready = deploy
+                .and_then(|d| d.status)
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            let existing = pod_list
+                .map(|list| {
+                    list.items
+                        .iter()
+                        .filter(|p| {
+                            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                            !matches!(phase, Some("Succeeded" | "Failed"))
+                        })
+                        .count()
+                })
+                .unwrap_or(0);
+            ticks.push(Tick {
+                sample: Sample {
+                    t,
+                    visible,
+                    in_flight,
+                    desired: status.map(|s| s.desired_replicas).unwrap_or(0),
+                    ready,
+                },
+                pods: existing,
+            });
+        }
+        ticks
+    })
+}
+
+struct FlashSale {
+    oha: OhaRun,
+    accepted: u64,
+    /// visible, and visible + in flight.
+    peak_visible: u64,
+    peak_backlog: u64,
+    peak_desired: i32,
+    peak_ready: i32,
+    first_ready_seconds: f64,
+    all_ready_seconds: f64,
+    /// First request → last result stored (the result objects' LastModified).
+    drain_seconds: f64,
+    /// max(arrival + one job, work / capacity + one job).
+    ideal_drain_seconds: f64,
+    /// First request → queue seen empty by the sampler.
+    queue_empty_seconds: f64,
+    /// Queue seen empty → no pod of the pool left.
+    back_to_zero_seconds: f64,
+    pod_seconds: f64,
+    ideal_pod_seconds: f64,
+    results_done: usize,
+    results_stored: usize,
+    /// Ids of finished jobs, for the status reads.
+    finished: Vec<String>,
+}
+
+async fn flash_sale(
+    env: &TestEnv,
+    stack: &Arc<TestStack>,
+    api: &ApiServer,
+    bench: &Bench,
+) -> FlashSale {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let started = Instant::now();
+    let wall_start = SystemTime::now();
+    let sampler = spawn_sampler(
+        env.client.clone(),
+        env.ns.clone(),
+        stack.clone(),
+        started,
+        stop_rx,
+    );
+
+    let mut args = vec![
+        "-z".to_string(),
+        format!("{}s", bench.flash_seconds),
+        "-w".into(),
+        "-c".into(),
+        bench.flash_clients.to_string(),
+        "-t".into(),
+        "30s".into(),
+    ];
+    if bench.flash_qps > 0 {
+        args.extend(["-q".to_string(), bench.flash_qps.to_string()]);
+    }
+    args.extend(strings(&[
+        "-m",
+        "POST",
+        "-T",
+        "application/octet-stream",
+        "-d",
+        ORDER,
+    ]));
+    args.push(format!("{}/jobs?filename=order.json&wait=0", api.base_url));
+    eprintln!(
+        "[seed] flash sale: {} clients for {} s, POST /jobs?wait=0",
+        bench.flash_clients, bench.flash_seconds
+    );
+    let run = oha(bench, &args).await;
+    let accepted = run.count("202");
+    eprintln!(
+        "[seed] flash sale: {accepted} accepted in {:.1} s ({:.1}/s), p50 {:.0} ms, p99 {:.0} ms, \
+         {} other answers or errors {:?} {:?}",
+        run.seconds,
+        run.rate("202"),
+        run.p50_ms,
+        run.p99_ms,
+        run.unexpected("202"),
+        run.statuses,
+        run.errors
+    );
+    assert!(accepted > 0, "the API server accepted no job: {run:?}");
+
+    // Capacity-bound work plus the scale-down window and slack, capped for a stuck run.
+    let work = accepted as f64 * JOB_SECONDS / f64::from(MAX_REPLICAS * CONCURRENCY);
+    let patience = Duration::from_secs_f64((work * 3.0 + 300.0).min(1800.0));
+    until(
+        "the queue to drain",
+        patience,
+        Duration::from_secs(2),
+        || async {
+            match stack.queue_depth().await {
+                (0, 0) => Ok(()),
+                (visible, in_flight) => Err(format!("visible={visible} in_flight={in_flight}")),
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "[seed] flash sale: queue empty at {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let stored = until(
+        &format!("{accepted} results in the output bucket"),
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+        || async {
+            let (count, _) = stored_results(stack).await;
+            if count as u64 >= accepted {
+                Ok(count)
+            } else {
+                Err(format!("{count} stored"))
+            }
+        },
+    )
+    .await;
+    until(
+        "the pool back at 0 pods",
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+        || async {
+            let desired = pool_status(&env.client, &env.ns, POOL)
+                .await
+                .map(|s| s.desired_replicas);
+            let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+            let left = pods
+                .list(&ListParams::default().labels(&format!("{POOL_LABEL}={POOL}")))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(usize::MAX);
+            if desired == Some(0) && left == 0 {
+                Ok(())
+            } else {
+                Err(format!("desired={desired:?} pods={left}"))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_tx.send_replace(true);
+    let ticks = sampler.await.expect("sampler");
+    eprintln!(
+        "[seed] flash sale: pool back at 0 at {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // Every stored result, checked: done, for its own job, from the sleep processor.
+    let all = results(stack).await;
+    let mut finished = Vec::new();
+    let mut results_done = 0;
+    for (key, result) in &all {
+        let own = result.job_id.to_string() == *key;
+        if let (true, Outcome::Done { result: output }) = (own, &result.outcome)
+            && output.get("slept_ms").and_then(Value::as_u64).is_some()
+        {
+            results_done += 1;
+            finished.push(key.clone());
+        }
+    }
+    let (_, last_modified) = stored_results(stack).await;
+    let first_request = wall_start
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let drain_seconds = last_modified - first_request;
+
+    let samples: Vec<Sample> = ticks.iter().map(|t| t.sample).collect();
+    let arrival = run.seconds;
+    let queue_empty_seconds = ticks
+        .iter()
+        .find(|t| t.sample.t > arrival && t.sample.visible + t.sample.in_flight == 0)
+        .map(|t| t.sample.t)
+        .unwrap_or(f64::NAN);
+    let pods_gone_seconds = ticks
+        .iter()
+        .rev()
+        .take_while(|t| t.pods == 0)
+        .last()
+        .map(|t| t.sample.t)
+        .unwrap_or(f64::NAN);
+    // Left Riemann sum of the pods that existed, sample to sample.
+    let pod_seconds: f64 = ticks
+        .windows(2)
+        .map(|w| w[0].pods as f64 * (w[1].sample.t - w[0].sample.t))
+        .sum();
+    let flash = FlashSale {
+        accepted,
+        peak_visible: samples.iter().map(|s| s.visible).max().unwrap_or(0),
+        peak_backlog: samples
+            .iter()
+            .map(|s| s.visible + s.in_flight)
+            .max()
+            .unwrap_or(0),
+        peak_desired: samples.iter().map(|s| s.desired).max().unwrap_or(0),
+        peak_ready: samples.iter().map(|s| s.ready).max().unwrap_or(0),
+        first_ready_seconds: first_time(&samples, |s| s.ready > 0),
+        all_ready_seconds: first_time(&samples, |s| s.ready >= MAX_REPLICAS),
+        drain_seconds,
+        ideal_drain_seconds: (arrival + JOB_SECONDS).max(work + JOB_SECONDS),
+        queue_empty_seconds,
+        back_to_zero_seconds: pods_gone_seconds - queue_empty_seconds,
+        pod_seconds,
+        ideal_pod_seconds: accepted as f64 * JOB_SECONDS / f64::from(CONCURRENCY),
+        results_done,
+        results_stored: stored.max(all.len()),
+        finished,
+        oha: run,
+    };
+    write_timeline(bench, &ticks, &flash);
+    assert_eq!(
+        flash.results_done as u64, accepted,
+        "{accepted} jobs accepted, {} results stored, {} of them done for their own job",
+        flash.results_stored, flash.results_done
+    );
+    flash
+}
+
+fn first_time(samples: &[Sample], hit: impl Fn(&Sample) -> bool) -> f64 {
+    samples
+        .iter()
+        .find(|s| hit(s))
+        .map(|s| s.t)
+        .unwrap_or(f64::NAN)
+}
+
+/// (number of result objects, latest LastModified in seconds since the epoch).
+async fn stored_results(stack: &TestStack) -> (usize, f64) {
+    let pages = stack
+        .clients
+        .s3
+        .list_objects_v2()
+        .bucket(&stack.config.s3_out_bucket)
+        .into_paginator()
+        .send();
+    let mut pages = std::pin::pin!(pages);
+    let (mut count, mut latest) = (0, f64::NAN);
+    while let Some(page) = pages.next().await {
+        let page = page.expect("list the output bucket");
+        for object in page.contents() {
+            count += 1;
+            if let Some(modified) = object.last_modified() {
+                latest = latest.max(modified.as_secs_f64());
+            }
+        }
+    }
+    (count, latest)
+}
+
+/// `flash-sale-timeline.csv` (the suite's columns plus `pods`) and `.png`.
+fn write_timeline(bench: &Bench, ticks: &[Tick], flash: &FlashSale) {
+    std::fs::create_dir_all(&bench.out_dir).expect("create the output directory");
+    let samples: Vec<Sample> = ticks.iter().map(|t| t.sample).collect();
+    let mut csv = String::new();
+    for (i, line) in to_csv(&samples).lines().enumerate() {
+        let pods = match i {
+            0 => "pods".to_string(),
+            _ => ticks[i - 1].pods.to_string(),
+        };
+        let _ = writeln!(csv, "{line},{pods}");
+    }
+    let csv_path = bench.out_dir.join("flash-sale-timeline.csv");
+    std::fs::write(&csv_path, csv).expect("write the timeline CSV");
+    let png_path = bench.out_dir.join("flash-sale-timeline.png");
+    let title = format!(
+        "flash sale: {} jobs in {:.0} s, sleep 3 s, concurrency 5, max 15 pods, default scaling",
+        flash.accepted, flash.oha.seconds
+    );
+    render_png(&samples, &title, &png_path).expect("render the timeline PNG");
+    eprintln!(
+        "[seed] timeline written to {} and {}",
+        csv_path.display(),
+        png_path.display()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Upload to result
+
+struct UploadToResult {
+    oha: OhaRun,
+    /// Results in the bucket with the upload's checksum.
+    done: usize,
+    peak_desired: i32,
+}
+
+/// Switches the pool to the `checksum` processor with one warm pod, so the run measures the
+/// pipeline (upload, queue, worker, result, the waiting API server), not a cold start.
+async fn upload_to_result(
+    env: &TestEnv,
+    stack: &TestStack,
+    api: &ApiServer,
+    bench: &Bench,
+) -> UploadToResult {
+    let pools: Api<QueueWorkerPool> = Api::namespaced(env.client.clone(), &env.ns);
+    let mut pool = pools.get(POOL).await.expect("read the pool");
+    pool.spec.min_replicas = 1;
+    let containers = pool
+        .spec
+        .template
+        .spec
+        .as_mut()
+        .map(|s| &mut s.containers)
+        .expect("the pool has a pod spec");
+    for container in containers.iter_mut() {
+        for var in container.env.iter_mut().flatten() {
+            if var.name == "WORKER_PROCESSOR" {
+                var.value = Some("checksum".into());
+            }
+        }
+    }
+    pools
+        .replace(POOL, &PostParams::default(), &pool)
+        .await
+        .expect("switch the pool to the checksum processor");
+    until(
+        "one ready checksum pod",
+        Duration::from_secs(180),
+        Duration::from_millis(500),
+        || async {
+            let status = deployment(&env.client, &env.ns, POOL)
+                .await
+                .and_then(|d| d.status);
+            let s = status.unwrap_or_default();
+            let (all, ready, updated) = (
+                s.replicas.unwrap_or(0),
+                s.ready_replicas.unwrap_or(0),
+                s.updated_replicas.unwrap_or(0),
+            );
+            if all == 1 && ready == 1 && updated == 1 {
+                Ok(())
+            } else {
+                Err(format!("replicas={all} ready={ready} updated={updated}"))
+            }
+        },
+    )
+    .await;
+
+    // A photo-sized upload (100 KiB), the same for every request so each result can be checked.
+    let payload: Vec<u8> = (0..100 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let sha256 = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&payload));
+    let dir = std::env::temp_dir().join(format!("qwp-seed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let photo = dir.join("photo.jpg");
+    std::fs::write(&photo, &payload).expect("write the upload");
+
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let watcher = {
+        let (client, ns) = (env.client.clone(), env.ns.clone());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            loop {
+                if let Some(s) = pool_status(&client, &ns, POOL).await {
+                    peak = peak.max(s.desired_replicas);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop_rx.changed() => break peak,
+                }
+            }
+        })
+    };
+    eprintln!(
+        "[seed] upload to result: {} requests, {} at a time, POST /?wait=30 multipart inputFile",
+        bench.upload_requests, bench.upload_clients
+    );
+    let run = oha(
+        bench,
+        &[
+            "-n".into(),
+            bench.upload_requests.to_string(),
+            "-c".into(),
+            bench.upload_clients.to_string(),
+            "-t".into(),
+            "60s".into(),
+            "-m".into(),
+            "POST".into(),
+            "-F".into(),
+            format!("inputFile=@{}", photo.display()),
+            format!("{}/?wait=30", api.base_url),
+        ],
+    )
+    .await;
+    stop_tx.send_replace(true);
+    let peak_desired = watcher.await.unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let done = results(stack)
+        .await
+        .values()
+        .filter(|r| match &r.outcome {
+            Outcome::Done { result } => {
+                result.get("sha256").and_then(Value::as_str) == Some(sha256.as_str())
+            }
+            Outcome::Failed { .. } => false,
+        })
+        .count();
+    eprintln!(
+        "[seed] upload to result: {} answered 200, {done} checksum results stored; average {:.0} ms, \
+         p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; statuses {:?} errors {:?}",
+        run.count("200"),
+        run.average_ms,
+        run.p50_ms,
+        run.p99_ms,
+        run.max_ms,
+        run.statuses,
+        run.errors
+    );
+    UploadToResult {
+        oha: run,
+        done,
+        peak_desired,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Status reads
+
+async fn status_reads(api: &ApiServer, bench: &Bench, finished: &[String]) -> OhaRun {
+    let dir = std::env::temp_dir().join(format!("qwp-seed-status-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let urls = dir.join("urls.txt");
+    let list: String = finished
+        .iter()
+        .take(1000)
+        .map(|id| format!("{}/status/{id}\n", api.base_url))
+        .collect();
+    std::fs::write(&urls, list).expect("write the URL list");
+    eprintln!(
+        "[seed] status reads: {} clients for {} s, GET /status/{{id}} of {} finished jobs",
+        bench.status_clients,
+        bench.status_seconds,
+        finished.len().min(1000)
+    );
+    let run = oha(
+        bench,
+        &[
+            "-z".into(),
+            format!("{}s", bench.status_seconds),
+            "-c".into(),
+            bench.status_clients.to_string(),
+            "--urls-from-file".into(),
+            urls.to_string_lossy().into_owned(),
+        ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!(
+        "[seed] status reads: {:.1} rps (200), average {:.0} ms, p95 {:.0} ms, p99 {:.0} ms; {:?} {:?}",
+        run.rate("200"),
+        run.average_ms,
+        run.p95_ms,
+        run.p99_ms,
+        run.statuses,
+        run.errors
+    );
+    run
+}
+
+// ---------------------------------------------------------------------------------------
+// Report
+
+fn report_table(
+    bench: &Bench,
+    flash: &FlashSale,
+    upload: &UploadToResult,
+    status: &OhaRun,
+) -> String {
+    let f = &flash.oha;
+    let mut t = String::new();
+    let mut row = |metric: &str, seed: &str, here: String| {
+        let _ = writeln!(t, "| {metric} | {seed} | {here} |");
+    };
+    row(
+        "**Flash sale** (seeds 002/004)",
+        "locust, 20 users, 60 s",
+        format!(
+            "oha, {} clients, {:.0} s, no think time{}",
+            bench.flash_clients,
+            f.seconds,
+            if bench.flash_qps > 0 {
+                format!(", capped at {}/s", bench.flash_qps)
+            } else {
+                String::new()
+            }
+        ),
+    );
+    row(
+        "jobs accepted (202)",
+        "2,884",
+        format!(
+            "{} ({} other answers/errors)",
+            flash.accepted,
+            f.unexpected("202")
+        ),
+    );
+    row("accepted jobs/s", "48.27", format!("{:.1}", f.rate("202")));
+    row(
+        "API latency p50 / p95 / p99",
+        "110 / 120 / 190 ms",
+        format!("{:.0} / {:.0} / {:.0} ms", f.p50_ms, f.p95_ms, f.p99_ms),
+    );
+    row(
+        "peak backlog (visible / visible + in flight)",
+        "2,759 queued at the end",
+        format!("{} / {}", flash.peak_visible, flash.peak_backlog),
+    );
+    row(
+        "worker pods",
+        "1 (seed 004); 0 → ~15 (seed 000)",
+        format!(
+            "0 → {} desired, {} ready (first ready {:.0} s, {} ready {:.0} s after the first request)",
+            flash.peak_desired,
+            flash.peak_ready,
+            flash.first_ready_seconds,
+            MAX_REPLICAS,
+            flash.all_ready_seconds
+        ),
+    );
+    row(
+        "drain: first request → last result",
+        "~29 min (one worker)",
+        format!(
+            "{:.0} s (queue empty at {:.0} s); ideal {:.0} s = max(arrival + 3 s, jobs × 3 s / 75 slots + 3 s)",
+            flash.drain_seconds, flash.queue_empty_seconds, flash.ideal_drain_seconds
+        ),
+    );
+    row(
+        "queue empty → pool at 0 pods",
+        "— (worker always on)",
+        format!(
+            "{:.0} s (scale-down window 60 s)",
+            flash.back_to_zero_seconds
+        ),
+    );
+    row(
+        "worker pod-seconds",
+        "—",
+        format!(
+            "{:.0} (ideal {:.0} = jobs × 3 s / 5 slots; ratio {:.2})",
+            flash.pod_seconds,
+            flash.ideal_pod_seconds,
+            flash.pod_seconds / flash.ideal_pod_seconds
+        ),
+    );
+    row(
+        "results stored, `done`, for their own job",
+        "—",
+        format!("{} / {}", flash.results_done, flash.accepted),
+    );
+    let u = &upload.oha;
+    row(
+        "**Upload → result** (seed 000)",
+        "100-request load test, AWS",
+        format!(
+            "oha, {} requests, {} at a time, `POST /?wait=30` multipart 100 KiB, `checksum`, 1 warm pod",
+            bench.upload_requests, bench.upload_clients
+        ),
+    );
+    row(
+        "answered 200 with the result",
+        "100 %",
+        format!(
+            "{} / {} ({} checksum results stored)",
+            u.count("200"),
+            bench.upload_requests,
+            upload.done
+        ),
+    );
+    row(
+        "end-to-end latency average",
+        "~0.96 s",
+        format!("{:.2} s", u.average_ms / 1000.0),
+    );
+    row(
+        "end-to-end latency p50 / p99",
+        "—",
+        format!("{:.2} / {:.2} s", u.p50_ms / 1000.0, u.p99_ms / 1000.0),
+    );
+    row(
+        "worker pods during the run",
+        "0 → ~15",
+        format!("1 → {} desired", upload.peak_desired),
+    );
+    row(
+        "**Status reads** (seed 003 style)",
+        "locust, 50 users",
+        format!(
+            "oha, {} clients, {} s, `GET /status/{{id}}` of finished jobs",
+            bench.status_clients, bench.status_seconds
+        ),
+    );
+    row("requests/s", "~32.7", format!("{:.1}", status.rate("200")));
+    row(
+        "latency average / p95",
+        "~44 / ~110 ms",
+        format!("{:.1} / {:.1} ms", status.average_ms, status.p95_ms),
+    );
+    row(
+        "answers other than 200",
+        "0 % failures",
+        status.unexpected("200").to_string(),
+    );
+    format!("| metric | seed | here |\n|---|---|---|\n{t}")
+}
+
+// ---------------------------------------------------------------------------------------
+// Clean-up
+
+/// Empties and deletes the run's buckets and deletes its queue (thousands of objects would
+/// otherwise stay in the shared LocalStack). Best effort: failures are printed.
+async fn remove_stack(stack: &TestStack) {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    let s3 = &stack.clients.s3;
+    for bucket in [&stack.config.s3_in_bucket, &stack.config.s3_out_bucket] {
+        let mut keys = Vec::new();
+        let mut pages = std::pin::pin!(s3.list_objects_v2().bucket(bucket).into_paginator().send());
+        while let Some(Ok(page)) = pages.next().await {
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+                .collect();
+            let Ok(delete) = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+            else {
+                continue;
+            };
+            if let Err(e) = s3
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+            {
+                eprintln!("[seed] could not empty {bucket}: {e}");
+            }
+        }
+        if let Err(e) = s3.delete_bucket().bucket(bucket).send().await {
+            eprintln!("[seed] could not delete bucket {bucket}: {e}");
+        }
+    }
+    if let Err(e) = stack
+        .clients
+        .sqs
+        .delete_queue()
+        .queue_url(&stack.queue_url)
+        .send()
+        .await
+    {
+        eprintln!("[seed] could not delete queue {}: {e}", stack.queue_url);
+    }
+}
