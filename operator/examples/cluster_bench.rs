@@ -196,6 +196,17 @@ async fn measure(
         let seconds = steady.elapsed().as_secs_f64();
         let cpu = (cpu_ticks(pid)? - cpu_before) as f64 / ticks_per_second() / seconds;
         let sqs_calls = sqs_requests(&metrics_url).await? - sqs_before;
+        let duration_sum =
+            metric(&metrics_url, "qwp_operator_reconcile_duration_seconds_sum").await?;
+        let duration_count = metric(
+            &metrics_url,
+            "qwp_operator_reconcile_duration_seconds_count",
+        )
+        .await?;
+        println!(
+            "| reconcile duration, mean over {duration_count:.0} reconciles (observe + decide + apply) | {:.1} ms |",
+            duration_sum / duration_count.max(1.0) * 1000.0
+        );
         println!(
             "| operator RSS with {} idle pools (peak) | {:.1} MiB |",
             args.pools,
@@ -332,10 +343,16 @@ async fn wait_replicas(
 }
 
 async fn sqs_requests(url: &str) -> anyhow::Result<f64> {
+    metric(url, "qwp_operator_sqs_requests_total").await
+}
+
+/// One unlabelled sample from the operator's /metrics.
+async fn metric(url: &str, name: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(url).await?.text().await?;
+    let prefix = format!("{name} ");
     Ok(text
         .lines()
-        .find(|l| l.starts_with("qwp_operator_sqs_requests_total "))
+        .find(|l| l.starts_with(&prefix))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0))
