@@ -13,7 +13,7 @@ export AWS_EC2_METADATA_DISABLED := true
 include hack/localstack/localstack.mk
 -include hack/cluster/cluster.mk
 
-.PHONY: help build release fmt lint unit test up down smoke crds e2e e2e-images kind-up kind-e2e kind-down ci
+.PHONY: help build release fmt lint unit test up down smoke crds e2e e2e-images bench-seed kind-up kind-e2e kind-down ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ e2e-images: ## Build the three binaries (dev) and load them as images into the l
 
 e2e: localstack-up cluster-up e2e-images ## The end-to-end suite on the local cluster (helm install, burst, faults)
 	hack/e2e/run.sh
+
+bench-seed: localstack-up cluster-up e2e-images ## The seeds' workloads on the local cluster (docs/benchmarks.md)
+	tests/e2e/bench-seed.sh
 
 # kind, for machines with Docker (cannot run on the build VMs; see docs/e2e.md).
 kind-up: ## kind: create the cluster, load the images, run LocalStack in it, helm install

@@ -7,7 +7,8 @@
 //! when a flash-sale job has no `done` result; other shortfalls are counted in the table.
 //!
 //! Settings (environment): `OHA` (default `.cache/tools/bin/oha`), `SEED_OUT_DIR`
-//! (`docs/bench`), `SEED_FLASH_SECONDS` (60), `SEED_FLASH_CLIENTS` (20), `SEED_FLASH_QPS` (0 =
+//! (`docs/bench`), `SEED_IMAGE_TAG` (tag of the API server and worker images; default the
+//! suite's `E2E_IMAGE_TAG`, `dev`), `SEED_FLASH_SECONDS` (60), `SEED_FLASH_CLIENTS` (20), `SEED_FLASH_QPS` (0 =
 //! no limit), `SEED_UPLOAD_REQUESTS` (100), `SEED_UPLOAD_CLIENTS` (10), `SEED_STATUS_SECONDS`
 //! (30), `SEED_STATUS_CLIENTS` (50), plus the e2e suite's (docs/e2e.md).
 
@@ -48,6 +49,8 @@ const ORDER: &str =
 struct Bench {
     oha: PathBuf,
     out_dir: PathBuf,
+    /// Tag of the API server and worker images (the operator keeps the suite's).
+    image_tag: String,
     flash_seconds: u32,
     flash_clients: u32,
     /// oha `-q`; 0 = as fast as the clients go.
@@ -69,6 +72,7 @@ impl Bench {
             out_dir: PathBuf::from(
                 vars.string("SEED_OUT_DIR", &root.join("docs/bench").to_string_lossy()),
             ),
+            image_tag: vars.string("SEED_IMAGE_TAG", &Settings::get().image_tag),
             flash_seconds: vars.parse_in("SEED_FLASH_SECONDS", 60, 5..=600)?,
             flash_clients: vars.parse_in("SEED_FLASH_CLIENTS", 20, 1..=500)?,
             flash_qps: vars.parse_in("SEED_FLASH_QPS", 0, 0..=10_000)?,
@@ -119,12 +123,13 @@ async fn run(env: TestEnv, bench: Bench) {
         .await,
     );
     create_aws_secret(&env.client, &env.ns).await;
-    let api = api_server::install(&env, &stack).await;
+    let tag = format!("image.tag={}", bench.image_tag);
+    let api = api_server::install_with(&env, &stack, &[&tag]).await;
     eprintln!(
         "[seed] API server reached via {} at {}",
         api.via, api.base_url
     );
-    let pool = create_default_pool(&env, &stack).await;
+    let pool = create_default_pool(&env, &stack, &bench.image_tag).await;
     let defaults = format!(
         "poll every {} s, scale-down window {} s, scale-up window {} s",
         pool.spec.poll_interval_seconds,
@@ -153,8 +158,8 @@ async fn run(env: TestEnv, bench: Bench) {
     let notes = format!(
         "Pool: `sleep` {JOB_SECONDS} s per job, concurrency {CONCURRENCY}, minReplicas 0, \
          maxReplicas {MAX_REPLICAS}, {defaults}; queue visibility timeout 30 s; API server: \
-         the chart's, 1 replica, reached via {}.\n",
-        api.via
+         the chart's, 1 replica, reached via {}; API server and worker images `:{}`.\n",
+        api.via, bench.image_tag
     );
     println!("\n{table}\n{notes}");
     std::fs::create_dir_all(&bench.out_dir).expect("create the output directory");
@@ -167,7 +172,7 @@ async fn run(env: TestEnv, bench: Bench) {
 
 /// The flash sale's pool: the suite's pool object (sleep processor, the stack's queue) with
 /// every scaling setting removed, so the API server fills in the CRD's defaults.
-async fn create_default_pool(env: &TestEnv, stack: &TestStack) -> QueueWorkerPool {
+async fn create_default_pool(env: &TestEnv, stack: &TestStack, image_tag: &str) -> QueueWorkerPool {
     let mut options = PoolOptions::new(POOL);
     options.min_replicas = 0;
     options.max_replicas = MAX_REPLICAS;
@@ -175,6 +180,9 @@ async fn create_default_pool(env: &TestEnv, stack: &TestStack) -> QueueWorkerPoo
     options.sleep_seconds = format!("{JOB_SECONDS}");
     options.visibility_timeout_seconds = 30;
     let mut object = serde_json::to_value(pool_object(stack, &options)).expect("pool as JSON");
+    let s = Settings::get();
+    object["spec"]["template"]["spec"]["containers"][0]["image"] =
+        format!("{}qwp-worker:{image_tag}", s.image_registry).into();
     let spec = object["spec"].as_object_mut().expect("the pool has a spec");
     for defaulted in [
         "pollIntervalSeconds",
