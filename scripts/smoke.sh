@@ -5,7 +5,9 @@ BASE_URL="${1:-${BASE_URL:-http://localhost:8000}}"
 echo "Smoke test against $BASE_URL"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
-json_field() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1], ""))' "$1"; }
+json_field() {
+  python3 -c 'import json,sys; v=json.load(sys.stdin).get(sys.argv[1], ""); print(v if isinstance(v, str) else json.dumps(v))' "$1"
+}
 
 health=$(curl -fsS "$BASE_URL/health") || fail "GET /health did not answer"
 [ "$(echo "$health" | json_field status)" = "ok" ] || fail "GET /health said $health"
