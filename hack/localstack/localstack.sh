@@ -117,6 +117,12 @@ cmd_up() {
       return 0
     fi
     log "process $pid is running but not healthy yet; waiting"
+  elif is_healthy; then
+    # Another checkout's LocalStack already owns the port: use it rather than start one
+    # that cannot bind (and would never be stopped by `down`, which only stops its own).
+    log "a LocalStack this checkout did not start is already healthy at $HEALTH_URL; using it"
+    cmd_init
+    return 0
   else
     rm -f "$PID_FILE"
     log "starting LocalStack ${LOCALSTACK_VERSION} on $LISTEN (log: $LOG_FILE)"
