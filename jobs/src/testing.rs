@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 
 use crate::aws::AwsClients;
 use crate::config::{Config, Vars};
+use crate::message::JobMessage;
 
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:4566";
 
@@ -104,6 +106,66 @@ impl TestStack {
             clients,
             queue_url,
             dlq_url,
+        }
+    }
+
+    /// Queues jobs as the API server does: every input stored first, then the messages.
+    pub async fn submit(&self, jobs: &[(JobMessage, Vec<u8>)]) {
+        // Chunks of concurrent uploads rather than a buffered stream: the stream's
+        // borrowing closure is not `Send` for every lifetime, which spawned tests need.
+        for chunk in jobs.chunks(16) {
+            futures::future::join_all(
+                chunk
+                    .iter()
+                    .map(|(job, input)| self.put_input(job, input.clone())),
+            )
+            .await;
+        }
+        let messages: Vec<JobMessage> = jobs.iter().map(|(job, _)| job.clone()).collect();
+        self.send_messages(&messages).await;
+    }
+
+    pub async fn put_input(&self, job: &JobMessage, input: Vec<u8>) {
+        self.clients
+            .s3
+            .put_object()
+            .bucket(&self.config.s3_in_bucket)
+            .key(job.input_key())
+            .body(ByteStream::from(input))
+            .send()
+            .await
+            .expect("store input");
+    }
+
+    pub async fn send_messages(&self, jobs: &[JobMessage]) {
+        let bodies: Vec<String> = jobs.iter().map(JobMessage::encode).collect();
+        self.send_bodies(&bodies).await;
+    }
+
+    /// Sends raw bodies (hostile ones too) in batches of 10.
+    pub async fn send_bodies(&self, bodies: &[String]) {
+        for chunk in bodies.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, body)| {
+                    SendMessageBatchRequestEntry::builder()
+                        .id(format!("m{i}"))
+                        .message_body(body)
+                        .build()
+                        .expect("id and body are set")
+                })
+                .collect();
+            let out = self
+                .clients
+                .sqs
+                .send_message_batch()
+                .queue_url(&self.queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .expect("send messages");
+            assert!(out.failed.is_empty(), "some sends failed: {:?}", out.failed);
         }
     }
 

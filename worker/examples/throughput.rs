@@ -11,9 +11,6 @@
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
-use futures::StreamExt;
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_jobs::{Filename, JobId, JobMessage};
 use qwp_worker::metrics::Outcome;
@@ -121,54 +118,14 @@ async fn run(concurrency: usize, sleep: f64, jobs: usize) -> Duration {
 }
 
 async fn seed(stack: &TestStack, jobs: usize) {
-    let messages: Vec<JobMessage> = (0..jobs)
+    let jobs: Vec<(JobMessage, Vec<u8>)> = (0..jobs)
         .map(|i| {
-            JobMessage::new(
-                JobId::new(),
-                Filename::parse(&format!("in_{i}.bin")).unwrap(),
+            let name = Filename::parse(&format!("in_{i}.bin")).expect("valid filename");
+            (
+                JobMessage::new(JobId::new(), name),
+                b"benchmark input".to_vec(),
             )
         })
         .collect();
-    futures::stream::iter(&messages)
-        .map(|job| {
-            stack
-                .clients
-                .s3
-                .put_object()
-                .bucket(&stack.config.s3_in_bucket)
-                .key(job.input_key())
-                .body(ByteStream::from_static(b"benchmark input"))
-                .send()
-        })
-        .buffer_unordered(32)
-        .for_each(|r| async move {
-            r.expect("store input");
-        })
-        .await;
-    futures::stream::iter(messages.chunks(10))
-        .map(|chunk| {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, job)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(format!("m{i}"))
-                        .message_body(job.encode())
-                        .build()
-                        .unwrap()
-                })
-                .collect();
-            stack
-                .clients
-                .sqs
-                .send_message_batch()
-                .queue_url(&stack.queue_url)
-                .set_entries(Some(entries))
-                .send()
-        })
-        .buffer_unordered(8)
-        .for_each(|r| async move {
-            assert!(r.expect("send messages").failed.is_empty());
-        })
-        .await;
+    stack.submit(&jobs).await;
 }

@@ -155,14 +155,9 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_vars(&Vars::new(move |k| map.get(k).cloned()))
+        Settings::from_vars(&Vars::from_pairs(pairs))
     }
 
     #[test]

@@ -37,7 +37,7 @@ async fn two_hundred_jobs_at_concurrency_eight_each_run_once() {
             )
         })
         .collect();
-    seed(&stack, &jobs).await;
+    stack.submit(&jobs).await;
 
     let observer = Arc::new(Counting::default());
     let worker = start_worker(
@@ -121,17 +121,15 @@ async fn two_hundred_jobs_at_concurrency_eight_each_run_once() {
 async fn malformed_messages_are_deleted_and_the_worker_keeps_going() {
     let stack = stack("w-poison", 30, None).await;
     let good = new_job("good.txt");
-    put_input(&stack, &good, b"fine".to_vec()).await;
-    send_bodies(
-        &stack,
-        &[
+    stack.put_input(&good, b"fine".to_vec()).await;
+    stack
+        .send_bodies(&[
             "garbage".to_string(),
             "not-a-uuid_file.jpg".to_string(),
             format!("{}_../../etc/passwd", good.job_id),
-        ],
-    )
-    .await;
-    send_messages(&stack, std::slice::from_ref(&good)).await;
+        ])
+        .await;
+    stack.send_messages(std::slice::from_ref(&good)).await;
 
     let observer = Arc::new(Counting::default());
     let worker = start_worker(
@@ -156,7 +154,7 @@ async fn malformed_messages_are_deleted_and_the_worker_keeps_going() {
 async fn malformed_message_goes_to_the_configured_dlq_with_its_reason() {
     let stack = stack("w-poisondlq", 30, Some(5)).await;
     let dlq = stack.dlq_url.clone().expect("stack has a DLQ");
-    send_bodies(&stack, &["no separator here".to_string()]).await;
+    stack.send_bodies(&["no separator here".to_string()]).await;
 
     let worker = start_worker(
         &stack,
@@ -184,7 +182,7 @@ async fn malformed_message_goes_to_the_configured_dlq_with_its_reason() {
 async fn missing_input_gives_a_failed_result_and_the_message_is_deleted() {
     let stack = stack("w-missing", 30, None).await;
     let job = new_job("never-uploaded.jpg");
-    send_messages(&stack, std::slice::from_ref(&job)).await;
+    stack.send_messages(std::slice::from_ref(&job)).await;
 
     let observer = Arc::new(Counting::default());
     let worker = start_worker(
@@ -212,8 +210,8 @@ async fn missing_input_gives_a_failed_result_and_the_message_is_deleted() {
 async fn processor_failure_is_stored_as_a_failed_result() {
     let stack = stack("w-cmdfail", 30, None).await;
     let job = new_job("face.jpg");
-    put_input(&stack, &job, b"not a face".to_vec()).await;
-    send_messages(&stack, std::slice::from_ref(&job)).await;
+    stack.put_input(&job, b"not a face".to_vec()).await;
+    stack.send_messages(std::slice::from_ref(&job)).await;
     let command = ProcessorSettings::Command {
         argv: [
             "sh",
@@ -246,8 +244,8 @@ async fn timed_out_job_is_retried_then_lands_in_the_dlq() {
     let stack = stack("w-timeout", 10, Some(max_receive_count)).await;
     let dlq = stack.dlq_url.clone().unwrap();
     let job = new_job("slow.jpg");
-    put_input(&stack, &job, b"x".to_vec()).await;
-    send_messages(&stack, std::slice::from_ref(&job)).await;
+    stack.put_input(&job, b"x".to_vec()).await;
+    stack.send_messages(std::slice::from_ref(&job)).await;
 
     let command = ProcessorSettings::Command {
         argv: ["sh", "-c", "exec sleep 30", "{input}"]
@@ -280,8 +278,8 @@ async fn long_job_with_a_short_visibility_timeout_runs_once() {
     // without the heartbeat the message would be delivered again mid-job.
     let stack = stack("w-heartbeat", 2, None).await;
     let job = new_job("long.bin");
-    put_input(&stack, &job, b"x".to_vec()).await;
-    send_messages(&stack, std::slice::from_ref(&job)).await;
+    stack.put_input(&job, b"x".to_vec()).await;
+    stack.send_messages(std::slice::from_ref(&job)).await;
 
     let observer = Arc::new(Counting::default());
     let sleep = ProcessorSettings::Sleep(SleepDuration::Fixed(Duration::from_secs(7)));
@@ -303,10 +301,10 @@ async fn long_job_with_a_short_visibility_timeout_runs_once() {
 async fn redelivered_job_with_a_stored_result_is_acknowledged_without_running() {
     let stack = stack("w-redeliver", 30, None).await;
     let job = new_job("again.jpg");
-    put_input(&stack, &job, b"x".to_vec()).await;
+    stack.put_input(&job, b"x".to_vec()).await;
     let earlier = JobResult::done(job.job_id, "from the first delivery");
     store_result(&stack, &earlier).await;
-    send_messages(&stack, std::slice::from_ref(&job)).await;
+    stack.send_messages(std::slice::from_ref(&job)).await;
 
     let observer = Arc::new(Counting::default());
     let worker = start_worker(

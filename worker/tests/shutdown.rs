@@ -27,7 +27,7 @@ async fn seed_slow_jobs(stack: &TestStack, count: usize) -> Vec<qwp_jobs::JobId>
     let jobs: Vec<_> = (0..count)
         .map(|i| (new_job(&format!("slow_{i}.bin")), vec![i as u8]))
         .collect();
-    seed(stack, &jobs).await;
+    stack.submit(&jobs).await;
     jobs.iter().map(|(job, _)| job.job_id).collect()
 }
 

@@ -8,36 +8,19 @@ use qwp_jobs::result::JobResult;
 use qwp_jobs::testing::TestStack;
 use qwp_jobs::{Filename, JobId, JobMessage};
 
-/// Queues `count` jobs named `job-<i>.txt`; returns their ids.
+/// Queues `count` jobs named `job-<i>.txt` (input first, message second); returns their ids.
 pub async fn submit_direct(stack: &TestStack, count: usize) -> Vec<JobId> {
-    futures::stream::iter(0..count)
-        .map(|i| async move {
+    let jobs: Vec<(JobMessage, Vec<u8>)> = (0..count)
+        .map(|i| {
             let filename = Filename::parse(&format!("job-{i}.txt")).expect("valid filename");
-            let message = JobMessage::new(JobId::new(), filename);
-            stack
-                .clients
-                .s3
-                .put_object()
-                .bucket(&stack.config.s3_in_bucket)
-                .key(message.input_key())
-                .body(format!("job {i}").into_bytes().into())
-                .send()
-                .await
-                .expect("upload the job's input");
-            stack
-                .clients
-                .sqs
-                .send_message()
-                .queue_url(&stack.queue_url)
-                .message_body(message.encode())
-                .send()
-                .await
-                .expect("send the job's message");
-            message.job_id
+            (
+                JobMessage::new(JobId::new(), filename),
+                format!("job {i}").into_bytes(),
+            )
         })
-        .buffer_unordered(16)
-        .collect()
-        .await
+        .collect();
+    stack.submit(&jobs).await;
+    jobs.into_iter().map(|(job, _)| job.job_id).collect()
 }
 
 /// Keys in the output bucket (one per stored result).

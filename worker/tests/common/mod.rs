@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use futures::StreamExt;
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_jobs::{Filename, JobId, JobMessage, JobResult};
@@ -111,61 +110,6 @@ pub fn start_worker(
 
 pub fn new_job(name: &str) -> JobMessage {
     JobMessage::new(JobId::new(), Filename::parse(name).unwrap())
-}
-
-/// Stores each input and sends its message (batches of 10).
-pub async fn seed(stack: &TestStack, jobs: &[(JobMessage, Vec<u8>)]) {
-    futures::stream::iter(jobs)
-        .map(|(job, input)| put_input(stack, job, input.clone()))
-        .buffer_unordered(16)
-        .collect::<Vec<()>>()
-        .await;
-    let messages: Vec<JobMessage> = jobs.iter().map(|(job, _)| job.clone()).collect();
-    send_messages(stack, &messages).await;
-}
-
-pub async fn put_input(stack: &TestStack, job: &JobMessage, input: Vec<u8>) {
-    stack
-        .clients
-        .s3
-        .put_object()
-        .bucket(&stack.config.s3_in_bucket)
-        .key(job.input_key())
-        .body(ByteStream::from(input))
-        .send()
-        .await
-        .expect("store input");
-}
-
-pub async fn send_messages(stack: &TestStack, jobs: &[JobMessage]) {
-    let bodies: Vec<String> = jobs.iter().map(JobMessage::encode).collect();
-    send_bodies(stack, &bodies).await;
-}
-
-pub async fn send_bodies(stack: &TestStack, bodies: &[String]) {
-    for chunk in bodies.chunks(10) {
-        let entries = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, body)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(format!("m{i}"))
-                    .message_body(body)
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        let out = stack
-            .clients
-            .sqs
-            .send_message_batch()
-            .queue_url(&stack.queue_url)
-            .set_entries(Some(entries))
-            .send()
-            .await
-            .expect("send messages");
-        assert!(out.failed.is_empty(), "some sends failed: {:?}", out.failed);
-    }
 }
 
 pub async fn result_of(stack: &TestStack, job_id: &JobId) -> Option<JobResult> {
