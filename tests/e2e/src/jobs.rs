@@ -23,8 +23,9 @@ pub async fn submit_direct(stack: &TestStack, count: usize) -> Vec<JobId> {
     jobs.into_iter().map(|(job, _)| job.job_id).collect()
 }
 
-/// Keys in the output bucket (one per stored result).
-pub async fn result_keys(stack: &TestStack) -> Vec<String> {
+/// Objects in the output bucket (one per stored result): key and LastModified in seconds
+/// since the epoch (NaN when S3 gives none).
+pub async fn result_objects(stack: &TestStack) -> Vec<(String, f64)> {
     let pages = stack
         .clients
         .s3
@@ -32,17 +33,25 @@ pub async fn result_keys(stack: &TestStack) -> Vec<String> {
         .bucket(&stack.config.s3_out_bucket)
         .into_paginator()
         .send();
-    let mut keys = Vec::new();
+    let mut objects = Vec::new();
     let mut pages = std::pin::pin!(pages);
     while let Some(page) = pages.next().await {
         let page = page.expect("list the output bucket");
-        keys.extend(
-            page.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
+        objects.extend(page.contents().iter().filter_map(|o| {
+            let modified = o.last_modified().map_or(f64::NAN, |m| m.as_secs_f64());
+            o.key().map(|key| (key.to_string(), modified))
+        }));
     }
-    keys
+    objects
+}
+
+/// Keys in the output bucket (one per stored result).
+pub async fn result_keys(stack: &TestStack) -> Vec<String> {
+    result_objects(stack)
+        .await
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect()
 }
 
 /// Every stored result, by job id.

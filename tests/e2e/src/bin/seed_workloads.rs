@@ -586,25 +586,12 @@ fn first_time(samples: &[Sample], hit: impl Fn(&Sample) -> bool) -> f64 {
 
 /// (number of result objects, latest LastModified in seconds since the epoch).
 async fn stored_results(stack: &TestStack) -> (usize, f64) {
-    let pages = stack
-        .clients
-        .s3
-        .list_objects_v2()
-        .bucket(&stack.config.s3_out_bucket)
-        .into_paginator()
-        .send();
-    let mut pages = std::pin::pin!(pages);
-    let (mut count, mut latest) = (0, f64::NAN);
-    while let Some(page) = pages.next().await {
-        let page = page.expect("list the output bucket");
-        for object in page.contents() {
-            count += 1;
-            if let Some(modified) = object.last_modified() {
-                latest = latest.max(modified.as_secs_f64());
-            }
-        }
-    }
-    (count, latest)
+    let objects = qwp_e2e::jobs::result_objects(stack).await;
+    let latest = objects
+        .iter()
+        .map(|(_, modified)| *modified)
+        .fold(f64::NAN, f64::max);
+    (objects.len(), latest)
 }
 
 /// `flash-sale-timeline.csv` (the suite's columns plus `pods`) and `.png`.
