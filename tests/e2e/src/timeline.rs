@@ -91,7 +91,7 @@ pub fn render_png(samples: &[Sample], title: &str, path: &Path) -> Result<(), St
         builder
             .caption(title, ("sans-serif", 24))
             .x_label_area_size(45)
-            .y_label_area_size(60)
+            .y_label_area_size(75)
             .right_y_label_area_size(60);
     }
     let mut chart = builder
