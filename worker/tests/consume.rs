@@ -87,12 +87,7 @@ async fn two_hundred_jobs_at_concurrency_eight_each_run_once() {
             .status(),
         200
     );
-    let exposition = reqwest::get(format!("{admin_url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = metrics_text(&admin_url).await;
     assert!(
         exposition.contains("qwp_worker_jobs_total{outcome=\"done\"} 200"),
         "{exposition}"
@@ -210,8 +205,7 @@ async fn missing_input_gives_a_failed_result_and_the_message_is_deleted() {
 async fn processor_failure_is_stored_as_a_failed_result() {
     let stack = stack("w-cmdfail", 30, None).await;
     let job = new_job("face.jpg");
-    stack.put_input(&job, b"not a face".to_vec()).await;
-    stack.send_messages(std::slice::from_ref(&job)).await;
+    stack.submit(&[(job.clone(), b"not a face".to_vec())]).await;
     let command = ProcessorSettings::Command {
         argv: [
             "sh",
@@ -244,8 +238,7 @@ async fn timed_out_job_is_retried_then_lands_in_the_dlq() {
     let stack = stack("w-timeout", 10, Some(max_receive_count)).await;
     let dlq = stack.dlq_url.clone().unwrap();
     let job = new_job("slow.jpg");
-    stack.put_input(&job, b"x".to_vec()).await;
-    stack.send_messages(std::slice::from_ref(&job)).await;
+    stack.submit(&[(job.clone(), b"x".to_vec())]).await;
 
     let command = ProcessorSettings::Command {
         argv: ["sh", "-c", "exec sleep 30", "{input}"]
@@ -278,8 +271,7 @@ async fn long_job_with_a_short_visibility_timeout_runs_once() {
     // without the heartbeat the message would be delivered again mid-job.
     let stack = stack("w-heartbeat", 2, None).await;
     let job = new_job("long.bin");
-    stack.put_input(&job, b"x".to_vec()).await;
-    stack.send_messages(std::slice::from_ref(&job)).await;
+    stack.submit(&[(job.clone(), b"x".to_vec())]).await;
 
     let observer = Arc::new(Counting::default());
     let sleep = ProcessorSettings::Sleep(SleepDuration::Fixed(Duration::from_secs(7)));

@@ -215,12 +215,7 @@ async fn sigterm_to_the_binary_mid_batch_loses_no_job() {
         .await
         .unwrap();
     assert_eq!(healthz.status(), 200);
-    let exposition = reqwest::get(format!("{}/metrics", first.admin_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let exposition = metrics_text(&first.admin_url).await;
     assert!(
         exposition.contains("qwp_worker_jobs_in_flight 3"),
         "{exposition}"

@@ -237,3 +237,13 @@ pub async fn receive_one(
         .into_iter()
         .next()
 }
+
+/// The Prometheus exposition served on a worker's admin port.
+pub async fn metrics_text(admin_url: &str) -> String {
+    reqwest::get(format!("{admin_url}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("read /metrics")
+}
