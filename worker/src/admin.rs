@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -24,7 +24,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(prometheus))
+        .merge(qwp_runtime::metrics::router(metrics.clone()))
         .route("/status", get(status))
         .with_state(metrics)
 }
@@ -49,16 +49,6 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "queue not reached yet")
     }
-}
-
-async fn prometheus(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        metrics.encode(),
-    )
 }
 
 async fn status(State(metrics): State<Arc<Metrics>>) -> Json<Status> {

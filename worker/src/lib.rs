@@ -4,17 +4,15 @@
 //! Data flow: [`consumer`] receives with free [`settings::Settings::concurrency`]
 //! slots → [`job`] decodes and settles each message using [`storage`] (S3),
 //! [`processor`] and [`queue`] (SQS) → [`metrics`] and [`admin`] report on it;
-//! [`shutdown`] turns SIGTERM into the drain.
+//! `qwp_runtime::signals` turns SIGTERM into the drain.
 
 pub mod admin;
-pub mod aws_error;
 pub mod consumer;
 pub mod job;
 pub mod metrics;
 pub mod processor;
 pub mod queue;
 pub mod settings;
-pub mod shutdown;
 pub mod storage;
 
 pub use consumer::Worker;

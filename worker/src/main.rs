@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use qwp_jobs::Config;
 use qwp_jobs::aws::AwsClients;
-use qwp_worker::{CancellationToken, Settings, Worker, admin, shutdown};
+use qwp_runtime::signals;
+use qwp_worker::{CancellationToken, Settings, Worker, admin};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -33,7 +34,7 @@ async fn run() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin port {admin_addr}"))?;
     // Installed before the first receive, so a SIGTERM at any moment drains cleanly.
-    let shutdown = shutdown::on_signal().context("installing signal handlers")?;
+    let shutdown = signals::shutdown_token().context("installing signal handlers")?;
 
     let worker = Worker::new(&config, settings, &clients, queue_url)?;
     let metrics = worker.metrics();

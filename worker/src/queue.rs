@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 
-use crate::aws_error::{ErrorClass, classify, describe};
+use qwp_runtime::aws_error::{ErrorClass, classify, describe};
 
 /// SQS returns at most 10 messages per receive.
 pub const MAX_BATCH: usize = 10;

@@ -6,7 +6,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use qwp_jobs::{JobMessage, JobResult};
 
-use crate::aws_error::{ErrorClass, classify, describe};
+use qwp_runtime::aws_error::{ErrorClass, classify, describe};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
