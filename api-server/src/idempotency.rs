@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::errors::ApiError;
-use crate::store::{JobStore, is_not_found, status_of};
+use crate::store::JobStore;
+use qwp_runtime::aws_error::{http_status, is_not_found};
 
 pub const HEADER: &str = "idempotency-key";
 const MAX_KEY_BYTES: usize = 255;
@@ -100,7 +101,7 @@ impl Idempotency {
             match created {
                 Ok(_) => return Ok(Claim::New),
                 // 412: it exists. 409: a concurrent conditional write is in progress.
-                Err(err) if matches!(status_of(&err), Some(412 | 409)) => {}
+                Err(err) if matches!(http_status(&err), Some(412 | 409)) => {}
                 Err(err) => {
                     tracing::error!(error = %aws_sdk_s3::error::DisplayErrorContext(err), "idempotency record create failed");
                     return Err(ApiError::StorageUnavailable);

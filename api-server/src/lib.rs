@@ -74,7 +74,7 @@ pub fn app(state: AppState) -> Router {
         .route("/jobs/{job_id}", get(status::status_job))
         .route("/health", get(status::health))
         .route("/readyz", get(status::readyz))
-        .route("/metrics", get(metrics::serve_metrics))
+        .merge(qwp_runtime::metrics::router(state.metrics.clone()))
         .fallback(errors::no_route)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(

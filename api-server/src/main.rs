@@ -3,8 +3,8 @@ use std::process::ExitCode;
 use qwp_api_server::settings::Settings;
 use qwp_api_server::{AppState, serve};
 use qwp_jobs::aws::AwsClients;
+use qwp_runtime::signals;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{SignalKind, signal};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -23,6 +23,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let shutdown = match signals::shutdown_token() {
+        Ok(token) => token,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot install signal handlers");
+            return ExitCode::from(1);
+        }
+    };
     let clients = AwsClients::connect(&settings.config).await;
     tracing::info!(
         address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -33,7 +40,7 @@ async fn main() -> ExitCode {
         "qwp-api-server listening"
     );
     let state = AppState::new(settings, clients);
-    match serve(listener, state, shutdown_signal()).await {
+    match serve(listener, state, shutdown.cancelled_owned()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -42,14 +49,5 @@ async fn main() -> ExitCode {
             tracing::error!(error = %err, "server failed");
             ExitCode::from(1)
         }
-    }
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

@@ -2,12 +2,12 @@
 //! messages on the request queue, result documents in the output bucket.
 //! Errors carry the SDK's full context for the log; callers turn them into a plain 503.
 
-use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use qwp_jobs::aws::AwsClients;
 use qwp_jobs::{Config, JobId, JobMessage, JobResult, keys};
+use qwp_runtime::aws_error::is_not_found;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -265,26 +265,6 @@ impl JobStore {
             queue
         );
         vec![input, output, queue]
-    }
-}
-
-/// `NoSuchKey`, or a bare 404 (S3 sends no error code for some misses).
-pub(crate) fn is_not_found<E>(err: &SdkError<E, HttpResponse>) -> bool
-where
-    E: aws_sdk_s3::error::ProvideErrorMetadata,
-{
-    match err {
-        SdkError::ServiceError(service) => {
-            service.err().code() == Some("NoSuchKey") || status_of(err) == Some(404)
-        }
-        _ => false,
-    }
-}
-
-pub(crate) fn status_of<E>(err: &SdkError<E, HttpResponse>) -> Option<u16> {
-    match err {
-        SdkError::ServiceError(_) => err.raw_response().map(|r| r.status().as_u16()),
-        _ => None,
     }
 }
 
