@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use clap::{Parser, Subcommand};
@@ -24,7 +24,7 @@ use qwp_operator::deletion_cost::HttpInFlightProbe;
 use qwp_operator::metrics::Metrics;
 use qwp_operator::queue::SqsQueueDepth;
 use qwp_operator::{Context, controller};
-use tokio::sync::watch;
+use qwp_runtime::signals;
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -69,7 +69,6 @@ impl Settings {
 
 #[derive(Clone)]
 struct Admin {
-    metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
 }
 
@@ -101,34 +100,26 @@ async fn run() -> Result<(), String> {
 
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutting down: finishing running reconciles");
-        let _ = stop_tx.send(true);
-    });
+    let stop =
+        signals::shutdown_token().map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
     let admin = Admin {
-        metrics: metrics.clone(),
         ready: ready.clone(),
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
+        .merge(qwp_runtime::metrics::router(metrics.clone()))
         .with_state(admin);
     let addr = SocketAddr::from(([0, 0, 0, 0], settings.admin_port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on admin port {addr}: {e}"))?;
     info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
-    let mut admin_stop = stop_rx.clone();
+    let admin_stop = stop.clone().cancelled_owned();
     let admin_server = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = admin_stop.wait_for(|stop| *stop).await;
-        };
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(admin_stop)
             .await
     });
 
@@ -141,9 +132,9 @@ async fn run() -> Result<(), String> {
         )),
         metrics,
     ));
-    let mut controller_stop = stop_rx;
     let shutdown = async move {
-        let _ = controller_stop.wait_for(|stop| *stop).await;
+        stop.cancelled().await;
+        info!("shutting down: finishing running reconciles");
     };
     ready.store(true, Ordering::SeqCst);
     info!(namespace = ?settings.watch_namespace, "controller started");
@@ -176,30 +167,5 @@ async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        admin.metrics.encode(),
-    )
-}
-
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = terminate => {},
     }
 }

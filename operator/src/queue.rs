@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use futures::future::BoxFuture;
+use qwp_runtime::aws_error;
 
 use crate::decision::QueueDepth;
 
@@ -70,19 +71,10 @@ impl QueueError {
         E: ProvideErrorMetadata + std::error::Error + 'static,
         R: fmt::Debug,
     {
-        let code = match &err {
-            SdkError::ServiceError(_) => err.code().unwrap_or("ServiceError").to_string(),
-            SdkError::TimeoutError(_) => "Timeout".to_string(),
-            SdkError::DispatchFailure(_) => "DispatchFailure".to_string(),
-            SdkError::ResponseError(_) => "ResponseError".to_string(),
-            SdkError::ConstructionFailure(_) => "ConstructionFailure".to_string(),
-            _ => "Unknown".to_string(),
-        };
-        let message = err
-            .message()
-            .map(str::to_string)
-            .unwrap_or_else(|| DisplayErrorContext(&err).to_string());
-        QueueError { code, message }
+        QueueError {
+            code: aws_error::code(&err).to_string(),
+            message: aws_error::message(&err),
+        }
     }
 }
 
