@@ -12,6 +12,7 @@ export AWS_EC2_METADATA_DISABLED := true
 
 include hack/localstack/localstack.mk
 -include hack/cluster/cluster.mk
+-include hack/keda/keda.mk
 
 .PHONY: help build release fmt lint unit test up down smoke crds e2e e2e-images bench-seed kind-up kind-e2e kind-down ci
 

@@ -12,8 +12,17 @@ if [[ ! -f ca.crt ]]; then
     -addext "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign" 2>/dev/null
 fi
 
-cert() { # cert <name> <subject> <extendedKeyUsage> [subjectAltName]
-  local name=$1 subj=$2 eku=$3 san=${4:-}
+# The aggregation layer's front proxy (kubeadm's front-proxy-ca): the API server proves to
+# extension API servers (e.g. KEDA's metrics adapter) that it authenticated the user. A CA of
+# its own, so its client certificate is accepted for nothing else.
+if [[ ! -f front-proxy-ca.crt ]]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt -days 3650 \
+    -subj "/CN=qwp-front-proxy-ca" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,digitalSignature,keyEncipherment,keyCertSign" 2>/dev/null
+fi
+
+cert() { # cert <name> <subject> <extendedKeyUsage> [subjectAltName] [ca]
+  local name=$1 subj=$2 eku=$3 san=${4:-} ca=${5:-ca}
   [[ -f $name.crt ]] && return 0
   openssl req -newkey rsa:2048 -nodes -keyout "$name.key" -out "$name.csr" -subj "$subj" 2>/dev/null
   {
@@ -22,7 +31,7 @@ cert() { # cert <name> <subject> <extendedKeyUsage> [subjectAltName]
     echo "extendedKeyUsage=$eku"
     [[ -n $san ]] && echo "subjectAltName=$san"
   } > "$name.ext"
-  openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -out "$name.crt" \
+  openssl x509 -req -in "$name.csr" -CA "$ca.crt" -CAkey "$ca.key" -CAcreateserial -out "$name.crt" \
     -days 3650 -extfile "$name.ext" 2>/dev/null
   rm -f "$name.csr" "$name.ext"
 }
@@ -37,6 +46,7 @@ cert kube-proxy "/CN=system:kube-proxy" clientAuth
 cert kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" clientAuth
 cert kubelet-serving "/O=system:nodes/CN=system:node:$NODE_NAME" serverAuth \
   "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1,IP:$BRIDGE_ADDR"
+cert front-proxy-client "/CN=front-proxy-client" clientAuth "" front-proxy-ca
 [[ -f sa.key ]] || { openssl genrsa -out sa.key 2048 2>/dev/null && openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null; }
 
 kubeconfig() { # kubeconfig <file> <cert-name> <user>

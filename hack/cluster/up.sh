@@ -28,6 +28,22 @@ start() { # start <name> <cmd...>: run detached in its own session, record the P
   for ((i = 0; i < 50; i++)); do [[ -s $RUN_DIR/pids/$name.pid ]] && return 0; sleep 0.1; done
   die "$name did not start"
 }
+start_or_restart() { # start_or_restart <name> <cmd...>: as start, but a running process whose
+  # command line differs (e.g. flags added to up.sh since it started) is stopped and started anew
+  local name=$1; shift
+  if running "$name"; then
+    local pid; pid=$(cat "$RUN_DIR/pids/$name.pid")
+    if cmp -s <(printf '%s\0' "$@") "/proc/$pid/cmdline"; then
+      log "$name already running (pid $pid)"; return 0
+    fi
+    log "restarting $name (pid $pid): its flags changed"
+    kill "$pid"
+    local i
+    for ((i = 0; i < 300; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && die "$name (pid $pid) did not stop within 30 s"
+  fi
+  start "$name" "$@"
+}
 wait_for() { # wait_for <what> <seconds> <cmd...>
   local what=$1 secs=$2; shift 2
   local i
@@ -148,7 +164,10 @@ start etcd etcd --name qwp --data-dir "$STATE_DIR/etcd" \
   --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
   --initial-cluster "qwp=http://127.0.0.1:$ETCD_PEER_PORT" --unsafe-no-fsync --quota-backend-bytes 2147483648
 P=$PKI_DIR
-start kube-apiserver kube-apiserver \
+# The aggregation layer (requestheader + proxy client flags, like kubeadm) serves extension
+# API servers such as KEDA's external-metrics adapter; without cluster DNS, the aggregator
+# routes to the Service's endpoint IPs instead of its DNS name.
+start_or_restart kube-apiserver kube-apiserver \
   --etcd-servers "http://127.0.0.1:$ETCD_CLIENT_PORT" \
   --advertise-address "$BRIDGE_ADDR" --bind-address 0.0.0.0 --secure-port "$APISERVER_PORT" \
   --service-cluster-ip-range "$SERVICE_CIDR" --service-node-port-range 30000-32767 \
@@ -158,7 +177,12 @@ start kube-apiserver kube-apiserver \
   --service-account-issuer https://kubernetes.default.svc.cluster.local \
   --service-account-key-file "$P/sa.pub" --service-account-signing-key-file "$P/sa.key" \
   --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
-  --allow-privileged=true --profiling=false --v=1
+  --allow-privileged=true --profiling=false --v=1 \
+  --requestheader-client-ca-file "$P/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
+  --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+  --requestheader-extra-headers-prefix X-Remote-Extra- \
+  --proxy-client-cert-file "$P/front-proxy-client.crt" --proxy-client-key-file "$P/front-proxy-client.key" \
+  --enable-aggregator-routing=true
 wait_for kube-apiserver 90 curl -sfk --cacert "$P/ca.crt" "https://127.0.0.1:$APISERVER_PORT/readyz"
 check_alive etcd
 check_alive kube-apiserver

@@ -120,3 +120,56 @@ pub async fn assert_all_done(stack: &TestStack, ids: &[JobId]) {
         "the output bucket holds results of jobs nobody submitted"
     );
 }
+
+/// Empties and deletes the run's buckets and deletes its queue (thousands of objects would
+/// otherwise stay in the shared LocalStack). Best effort: failures are printed.
+pub async fn remove_stack(stack: &TestStack) {
+    use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+    let s3 = &stack.clients.s3;
+    for bucket in [&stack.config.s3_in_bucket, &stack.config.s3_out_bucket] {
+        let mut keys = Vec::new();
+        let mut pages = std::pin::pin!(s3.list_objects_v2().bucket(bucket).into_paginator().send());
+        while let Some(Ok(page)) = pages.next().await {
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
+                .collect();
+            let Ok(delete) = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+            else {
+                continue;
+            };
+            if let Err(e) = s3
+                .delete_objects()
+                .bucket(bucket)
+                .delete(delete)
+                .send()
+                .await
+            {
+                eprintln!("[e2e] could not empty {bucket}: {e}");
+            }
+        }
+        if let Err(e) = s3.delete_bucket().bucket(bucket).send().await {
+            eprintln!("[e2e] could not delete bucket {bucket}: {e}");
+        }
+    }
+    if let Err(e) = stack
+        .clients
+        .sqs
+        .delete_queue()
+        .queue_url(&stack.queue_url)
+        .send()
+        .await
+    {
+        eprintln!("[e2e] could not delete queue {}: {e}", stack.queue_url);
+    }
+}

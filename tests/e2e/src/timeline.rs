@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -169,6 +170,123 @@ pub fn render_png(samples: &[Sample], title: &str, path: &Path) -> Result<(), St
     root.present().map_err(|e| e.to_string())
 }
 
+/// One scaler's timeline, drawn beside others by [`render_lanes_png`].
+pub struct Lane<'a> {
+    pub name: &'a str,
+    pub samples: &'a [Sample],
+}
+
+const LANE_COLORS: [RGBColor; 4] = [
+    RGBColor(0, 110, 220),
+    RGBColor(220, 60, 0),
+    RGBColor(130, 0, 170),
+    RGBColor(0, 150, 70),
+];
+
+type Panel<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One panel of [`render_lanes_png`]: time on x, `y_desc` from 0 to `y_max`.
+fn panel<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    t_max: f64,
+    y_max: f64,
+    y_desc: &str,
+    with_text: bool,
+) -> Result<Panel<'a, 'b>, String> {
+    let mut builder = ChartBuilder::on(area);
+    builder.margin(15);
+    if with_text {
+        builder.x_label_area_size(40).y_label_area_size(75);
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+        .map_err(|e| e.to_string())?;
+    let mut mesh = chart.configure_mesh();
+    if with_text {
+        mesh.x_desc("seconds since the first arrival")
+            .y_desc(y_desc)
+            .label_style(("sans-serif", 15));
+    } else {
+        mesh.x_labels(0).y_labels(0);
+    }
+    mesh.draw().map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
+/// Several scalers on one time axis: backlog (visible + in flight) per lane on top, desired
+/// (thin) and ready (thick) pods per lane below, one colour per lane.
+pub fn render_lanes_png(lanes: &[Lane], title: &str, path: &Path) -> Result<(), String> {
+    let with_text = font_available();
+    let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let root = if with_text {
+        root.titled(title, ("sans-serif", 22))
+            .map_err(|e| e.to_string())?
+    } else {
+        root
+    };
+    let (top, bottom) = root.split_vertically(400);
+    let all = || lanes.iter().flat_map(|l| l.samples.iter());
+    let t_max = all().map(|s| s.t).fold(1.0, f64::max);
+    let backlog_max = all()
+        .map(|s| s.visible + s.in_flight)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        * 1.1;
+    let pods_max = all()
+        .map(|s| s.desired.max(s.ready))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64
+        + 1.0;
+    let mut chart = panel(&top, t_max, backlog_max, "backlog (visible + in flight)", with_text)?;
+    for (i, lane) in lanes.iter().enumerate() {
+        let color = LANE_COLORS[i % LANE_COLORS.len()];
+        let drawn = chart
+            .draw_series(LineSeries::new(
+                lane.samples
+                    .iter()
+                    .map(|s| (s.t, (s.visible + s.in_flight) as f64)),
+                color.stroke_width(2),
+            ))
+            .map_err(|e| e.to_string())?;
+        if with_text {
+            drawn.label(lane.name).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        }
+    }
+    if with_text {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 15))
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| e.to_string())?;
+    }
+
+    let mut chart = panel(&bottom, t_max, pods_max, "pods: desired (thin), ready (thick)", with_text)?;
+    for (i, lane) in lanes.iter().enumerate() {
+        let color = LANE_COLORS[i % LANE_COLORS.len()];
+        let series: [(fn(&Sample) -> f64, u32); 2] = [
+            (|s| f64::from(s.desired), 1),
+            (|s| f64::from(s.ready), 3),
+        ];
+        for (value, width) in series {
+            chart
+                .draw_series(LineSeries::new(
+                    lane.samples.iter().map(|s| (s.t, value(s))),
+                    color.stroke_width(width),
+                ))
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    root.present().map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +332,28 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.png");
         render_png(&samples(), "test", &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn lanes_png_is_written() {
+        let dir = std::env::temp_dir().join(format!("qwp-e2e-lanes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lanes.png");
+        let (a, b) = (samples(), samples()[1..].to_vec());
+        let lanes = [
+            Lane {
+                name: "a",
+                samples: &a,
+            },
+            Lane {
+                name: "b",
+                samples: &b,
+            },
+        ];
+        render_lanes_png(&lanes, "test", &path).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         std::fs::remove_dir_all(&dir).unwrap();
