@@ -22,8 +22,11 @@ start() { # start <name> <cmd...>: run detached in its own session, record the P
   if running "$name"; then log "$name already running (pid $(cat "$RUN_DIR/pids/$name.pid"))"; return 0; fi
   log "starting $name"
   # own session (survives make/terminal signals); the PID file is written by the process that
-  # then execs the component, so it is the component's PID even if setsid has to fork
-  setsid bash -c 'echo $$ > "$0"; exec "$@"' "$RUN_DIR/pids/$name.pid" "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  # then execs the component, so it is the component's PID even if setsid has to fork. Every
+  # descriptor above stderr is closed first: a component must not keep what the caller had
+  # open, e.g. `flock /tmp/qwp-e2e.lock make e2e`'s lock, which would then never be released.
+  setsid bash -c 'for fd in $(ls /proc/$$/fd); do ((fd > 2)) && eval "exec $fd>&-"; done
+    echo $$ > "$0"; exec "$@"' "$RUN_DIR/pids/$name.pid" "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
   local i
   for ((i = 0; i < 50; i++)); do [[ -s $RUN_DIR/pids/$name.pid ]] && return 0; sleep 0.1; done
   die "$name did not start"

@@ -63,42 +63,84 @@ impl Scaler for Qwp {
     }
 }
 
-/// KEDA's `aws-sqs-queue` scaler driving an HPA, all settings at their defaults:
-/// - KEDA polls the metric (visible + in flight) every 30 s (`pollingInterval`); at each poll
-///   it activates a pool at zero (replicas → 1) when the metric exceeds the activation value
-///   (0), and scales an inactive pool to zero once `cooldownPeriod` (300 s) has passed since
-///   it was last active.
+/// The settings of a KEDA ScaledObject (`aws-sqs-queue` trigger) and of the HPA it creates.
+#[derive(Clone, Copy, Debug)]
+pub struct KedaSettings {
+    /// `queueLength`: target messages per pod (AverageValue).
+    pub queue_length: u32,
+    pub max_replicas: u32,
+    /// `pollingInterval`: how often KEDA checks activity (activation, scale to zero).
+    pub polling_interval_ms: u64,
+    /// `cooldownPeriod`: since the last active poll, before KEDA scales an idle target to 0.
+    pub cooldown_ms: u64,
+    /// The controller-manager's `--horizontal-pod-autoscaler-sync-period`.
+    pub hpa_sync_ms: u64,
+    /// The HPA's tolerance (`--horizontal-pod-autoscaler-tolerance`).
+    pub tolerance: f64,
+    /// HPA `behavior.scaleUp`: at most max(+pods, +percent %) per sync.
+    pub up_pods: u32,
+    pub up_percent: u32,
+    /// HPA `behavior.scaleDown.stabilizationWindowSeconds`.
+    pub down_stabilization_ms: u64,
+}
+
+impl KedaSettings {
+    /// Every setting at its default (KEDA 2.x, Kubernetes HPA v2).
+    pub fn defaults(queue_length: u32, max_replicas: u32) -> Self {
+        KedaSettings {
+            queue_length: queue_length.max(1),
+            max_replicas,
+            polling_interval_ms: 30_000,
+            cooldown_ms: 300_000,
+            hpa_sync_ms: 15_000,
+            tolerance: 0.1,
+            up_pods: 4,
+            up_percent: 100,
+            down_stabilization_ms: 300_000,
+        }
+    }
+
+    /// Tuned for fast reaction (`make bench-keda`'s `keda-fast`): short polling and cooldown,
+    /// HPA scale-up unlimited, scale-down window = cooldown.
+    pub fn fast(queue_length: u32, max_replicas: u32, polling_s: u64, cooldown_s: u64) -> Self {
+        KedaSettings {
+            polling_interval_ms: polling_s * 1000,
+            cooldown_ms: cooldown_s * 1000,
+            up_pods: max_replicas,
+            down_stabilization_ms: cooldown_s * 1000,
+            ..KedaSettings::defaults(queue_length, max_replicas)
+        }
+    }
+}
+
+/// KEDA's `aws-sqs-queue` scaler driving an HPA ([`KedaSettings`]):
+/// - KEDA polls the metric (visible + in flight) every `pollingInterval`; at each poll it
+///   activates a pool at zero (replicas → 1) when the metric exceeds the activation value
+///   (0), and scales an inactive pool to zero once `cooldownPeriod` has passed since it was
+///   last active.
 /// - The HPA syncs every 15 s on the last polled value with target `queueLength` per pod
 ///   (AverageValue): it changes replicas only when |1 − metric/(queueLength × current)| > 0.1,
-///   to ceil(metric / queueLength) within [1, max]; scale-up at most max(+4 pods, +100 %)
-///   per 15 s; scale-down to the highest recommendation of the last 300 s.
+///   to ceil(metric / queueLength) within [1, max]; scale-up at most max(+pods, +percent)
+///   per sync; scale-down to the highest recommendation of the stabilization window.
 pub struct KedaHpa {
-    queue_length: u32,
-    max_replicas: u32,
-    polling_interval_ms: u64,
-    hpa_sync_ms: u64,
-    cooldown_ms: u64,
-    down_stabilization_ms: u64,
-    tolerance: f64,
+    settings: KedaSettings,
     metric: u64,
     last_active_ms: Option<u64>,
     recommendations: VecDeque<(u64, u32)>,
 }
 
 impl KedaHpa {
-    pub fn with_defaults(queue_length: u32, max_replicas: u32) -> Self {
+    pub fn new(settings: KedaSettings) -> Self {
         KedaHpa {
-            queue_length: queue_length.max(1),
-            max_replicas,
-            polling_interval_ms: 30_000,
-            hpa_sync_ms: 15_000,
-            cooldown_ms: 300_000,
-            down_stabilization_ms: 300_000,
-            tolerance: 0.1,
+            settings,
             metric: 0,
             last_active_ms: None,
             recommendations: VecDeque::new(),
         }
+    }
+
+    pub fn with_defaults(queue_length: u32, max_replicas: u32) -> Self {
+        KedaHpa::new(KedaSettings::defaults(queue_length, max_replicas))
     }
 
     fn keda_poll(&mut self, now_ms: u64, observed: Observation, replicas: u32) -> Option<u32> {
@@ -110,7 +152,7 @@ impl KedaHpa {
             }
         } else if replicas > 0 {
             let idle_since = self.last_active_ms.unwrap_or(0);
-            if now_ms.saturating_sub(idle_since) >= self.cooldown_ms {
+            if now_ms.saturating_sub(idle_since) >= self.settings.cooldown_ms {
                 self.recommendations.clear();
                 return Some(0);
             }
@@ -119,24 +161,25 @@ impl KedaHpa {
     }
 
     fn hpa_sync(&mut self, now_ms: u64, replicas: u32) -> Option<u32> {
+        let s = self.settings;
         if replicas == 0 {
             return None; // the HPA is idle while KEDA holds the pool at zero
         }
-        let target = f64::from(self.queue_length);
+        let target = f64::from(s.queue_length);
         let ratio = self.metric as f64 / (target * f64::from(replicas));
-        let recommendation = if (1.0 - ratio).abs() <= self.tolerance {
+        let recommendation = if (1.0 - ratio).abs() <= s.tolerance {
             replicas
         } else {
-            let wanted = self.metric.div_ceil(u64::from(self.queue_length));
+            let wanted = self.metric.div_ceil(u64::from(s.queue_length));
             u32::try_from(wanted)
                 .unwrap_or(u32::MAX)
-                .clamp(1, self.max_replicas)
+                .clamp(1, s.max_replicas)
         };
         self.recommendations.push_back((now_ms, recommendation));
         while self
             .recommendations
             .front()
-            .is_some_and(|(at, _)| now_ms - at >= self.down_stabilization_ms)
+            .is_some_and(|(at, _)| now_ms - at >= s.down_stabilization_ms.max(1))
         {
             self.recommendations.pop_front();
         }
@@ -151,7 +194,7 @@ impl KedaHpa {
             desired = highest.min(replicas);
         }
         if desired > replicas {
-            let up_limit = replicas + replicas.max(4);
+            let up_limit = replicas + s.up_pods.max(replicas * s.up_percent / 100);
             desired = desired.min(up_limit);
         }
         (desired != replicas).then_some(desired)
@@ -164,13 +207,13 @@ impl Scaler for KedaHpa {
     }
 
     fn tick(&mut self, now_ms: u64, observed: Observation, replicas: u32) -> Option<u32> {
-        if now_ms.is_multiple_of(self.polling_interval_ms)
+        if now_ms.is_multiple_of(self.settings.polling_interval_ms)
             && let Some(r) = self.keda_poll(now_ms, observed, replicas)
         {
             // The HPA resumes at its next sync after an activation, not in the same instant.
             return Some(r);
         }
-        if now_ms.is_multiple_of(self.hpa_sync_ms) {
+        if now_ms.is_multiple_of(self.settings.hpa_sync_ms) {
             return self.hpa_sync(now_ms, replicas);
         }
         None
