@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use qwp_simulator::model::{self, Settings};
-use qwp_simulator::policy::{KedaHpa, Qwp, Scaler};
+use qwp_simulator::policy::{KedaHpa, KedaSettings, Qwp, Scaler};
 use qwp_simulator::{report, trace};
 
 #[derive(Parser)]
@@ -51,6 +51,11 @@ fn main() -> std::io::Result<()> {
             Box::new(KedaHpa::with_defaults(
                 trace.concurrency,
                 trace.max_replicas,
+            )),
+            // `make bench-keda`'s keda-fast: polling 5 s, cooldown 60 s, no scale-up steps.
+            Box::new(KedaHpa::new(
+                "keda+hpa-tuned",
+                KedaSettings::fast(trace.concurrency, trace.max_replicas, 5, 60),
             )),
         ];
         let outcomes: Vec<_> = scalers

@@ -82,6 +82,10 @@ pub struct KedaSettings {
     pub up_percent: u32,
     /// HPA `behavior.scaleDown.stabilizationWindowSeconds`.
     pub down_stabilization_ms: u64,
+    /// Whether each HPA sync reads the queue afresh: KEDA's metrics adapter asks the scaler
+    /// on every request (KEDA 2.x default), unless the trigger sets `useCachedMetrics: true`,
+    /// in which case the HPA gets the value of KEDA's last poll.
+    pub hpa_reads_live: bool,
 }
 
 impl KedaSettings {
@@ -97,6 +101,7 @@ impl KedaSettings {
             up_pods: 4,
             up_percent: 100,
             down_stabilization_ms: 300_000,
+            hpa_reads_live: true,
         }
     }
 
@@ -118,11 +123,13 @@ impl KedaSettings {
 ///   activates a pool at zero (replicas → 1) when the metric exceeds the activation value
 ///   (0), and scales an inactive pool to zero once `cooldownPeriod` has passed since it was
 ///   last active.
-/// - The HPA syncs every 15 s on the last polled value with target `queueLength` per pod
-///   (AverageValue): it changes replicas only when |1 − metric/(queueLength × current)| > 0.1,
+/// - The HPA syncs every 15 s on the queue as it is then (KEDA's adapter asks the scaler on
+///   each request; with `useCachedMetrics` the last polled value) with target `queueLength`
+///   per pod (AverageValue): it changes replicas only when |1 − metric/(queueLength × current)| > 0.1,
 ///   to ceil(metric / queueLength) within [1, max]; scale-up at most max(+pods, +percent)
 ///   per sync; scale-down to the highest recommendation of the stabilization window.
 pub struct KedaHpa {
+    name: &'static str,
     settings: KedaSettings,
     metric: u64,
     last_active_ms: Option<u64>,
@@ -130,8 +137,9 @@ pub struct KedaHpa {
 }
 
 impl KedaHpa {
-    pub fn new(settings: KedaSettings) -> Self {
+    pub fn new(name: &'static str, settings: KedaSettings) -> Self {
         KedaHpa {
+            name,
             settings,
             metric: 0,
             last_active_ms: None,
@@ -140,7 +148,10 @@ impl KedaHpa {
     }
 
     pub fn with_defaults(queue_length: u32, max_replicas: u32) -> Self {
-        KedaHpa::new(KedaSettings::defaults(queue_length, max_replicas))
+        KedaHpa::new(
+            "keda+hpa",
+            KedaSettings::defaults(queue_length, max_replicas),
+        )
     }
 
     fn keda_poll(&mut self, now_ms: u64, observed: Observation, replicas: u32) -> Option<u32> {
@@ -203,7 +214,7 @@ impl KedaHpa {
 
 impl Scaler for KedaHpa {
     fn name(&self) -> &'static str {
-        "keda+hpa"
+        self.name
     }
 
     fn tick(&mut self, now_ms: u64, observed: Observation, replicas: u32) -> Option<u32> {
@@ -214,6 +225,9 @@ impl Scaler for KedaHpa {
             return Some(r);
         }
         if now_ms.is_multiple_of(self.settings.hpa_sync_ms) {
+            if self.settings.hpa_reads_live {
+                self.metric = observed.visible + observed.in_flight;
+            }
             return self.hpa_sync(now_ms, replicas);
         }
         None
@@ -267,6 +281,34 @@ mod tests {
         keda.tick(0, observe(50), 0);
         assert_eq!(keda.tick(270_000, observe(0), 1), None);
         assert_eq!(keda.tick(300_000, observe(0), 1), Some(0));
+    }
+
+    #[test]
+    fn the_hpa_reads_the_queue_at_its_own_sync_unless_metrics_are_cached() {
+        let mut live = KedaHpa::with_defaults(5, 15);
+        assert_eq!(live.tick(0, observe(1000), 0), Some(1));
+        // 15 s later most messages are gone: the adapter asks SQS again, the HPA sees 10.
+        assert_eq!(live.tick(15_000, observe(10), 1), Some(2));
+        let mut cached = KedaHpa::new(
+            "cached",
+            KedaSettings {
+                hpa_reads_live: false,
+                ..KedaSettings::defaults(5, 15)
+            },
+        );
+        cached.tick(0, observe(1000), 0);
+        // useCachedMetrics: the HPA still sees the 1000 of KEDA's last poll.
+        assert_eq!(cached.tick(15_000, observe(10), 1), Some(5));
+    }
+
+    #[test]
+    fn tuned_keda_polls_often_and_scales_up_without_steps() {
+        let mut fast = KedaHpa::new("fast", KedaSettings::fast(5, 15, 5, 60));
+        assert_eq!(fast.tick(5_000, observe(1000), 0), Some(1));
+        assert_eq!(fast.tick(15_000, observe(1000), 1), Some(15));
+        // Idle: to zero one cooldown (60 s) after the last active poll.
+        assert_eq!(fast.tick(70_000, observe(0), 15), None);
+        assert_eq!(fast.tick(75_000, observe(0), 15), Some(0));
     }
 
     #[test]

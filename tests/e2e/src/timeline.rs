@@ -183,7 +183,8 @@ const LANE_COLORS: [RGBColor; 4] = [
     RGBColor(0, 150, 70),
 ];
 
-type Panel<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+type Panel<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// One panel of [`render_lanes_png`]: time on x, `y_desc` from 0 to `y_max`.
 fn panel<'a, 'b>(
@@ -240,7 +241,13 @@ pub fn render_lanes_png(lanes: &[Lane], title: &str, path: &Path) -> Result<(), 
         .unwrap_or(1)
         .max(1) as f64
         + 1.0;
-    let mut chart = panel(&top, t_max, backlog_max, "backlog (visible + in flight)", with_text)?;
+    let mut chart = panel(
+        &top,
+        t_max,
+        backlog_max,
+        "backlog (visible + in flight)",
+        with_text,
+    )?;
     for (i, lane) in lanes.iter().enumerate() {
         let color = LANE_COLORS[i % LANE_COLORS.len()];
         let drawn = chart
@@ -268,13 +275,17 @@ pub fn render_lanes_png(lanes: &[Lane], title: &str, path: &Path) -> Result<(), 
             .map_err(|e| e.to_string())?;
     }
 
-    let mut chart = panel(&bottom, t_max, pods_max, "pods: desired (thin), ready (thick)", with_text)?;
+    let mut chart = panel(
+        &bottom,
+        t_max,
+        pods_max,
+        "pods: desired (thin), ready (thick)",
+        with_text,
+    )?;
     for (i, lane) in lanes.iter().enumerate() {
         let color = LANE_COLORS[i % LANE_COLORS.len()];
-        let series: [(fn(&Sample) -> f64, u32); 2] = [
-            (|s| f64::from(s.desired), 1),
-            (|s| f64::from(s.ready), 3),
-        ];
+        let series: [(fn(&Sample) -> f64, u32); 2] =
+            [(|s| f64::from(s.desired), 1), (|s| f64::from(s.ready), 3)];
         for (value, width) in series {
             chart
                 .draw_series(LineSeries::new(

@@ -73,11 +73,16 @@ impl Bench {
                 .filter(|t| !t.is_empty())
                 .collect(),
             spiky_bursts: vars.parse_in("KEDA_BENCH_SPIKY_BURSTS", 2, 1..=4)?,
-            out_dir: PathBuf::from(
-                vars.string("KEDA_BENCH_OUT_DIR", &root.join("docs/bench/keda").to_string_lossy()),
-            ),
+            out_dir: PathBuf::from(vars.string(
+                "KEDA_BENCH_OUT_DIR",
+                &root.join("docs/bench/keda").to_string_lossy(),
+            )),
             fast_polling_seconds: vars.parse_in("KEDA_BENCH_FAST_POLLING_SECONDS", 5, 1..=60)?,
-            fast_cooldown_seconds: vars.parse_in("KEDA_BENCH_FAST_COOLDOWN_SECONDS", 60, 0..=600)?,
+            fast_cooldown_seconds: vars.parse_in(
+                "KEDA_BENCH_FAST_COOLDOWN_SECONDS",
+                60,
+                0..=600,
+            )?,
         })
     }
 
@@ -185,10 +190,7 @@ fn main() {
         runtime.block_on(with_temp_ns(&format!("keda_bench_{name}"), move |env| {
             run_trace(env, bench, trace)
         }));
-        eprintln!(
-            "[keda-bench] {name}: {:.0} s",
-            t0.elapsed().as_secs_f64()
-        );
+        eprintln!("[keda-bench] {name}: {:.0} s", t0.elapsed().as_secs_f64());
     }
     eprintln!(
         "[keda-bench] whole run: {:.0} s",
@@ -276,7 +278,9 @@ async fn create_trigger_auth(env: &TestEnv) {
     );
     api.create(&PostParams::default(), &auth)
         .await
-        .unwrap_or_else(|e| panic!("cannot create the TriggerAuthentication (is KEDA installed? make keda-up): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot create the TriggerAuthentication (is KEDA installed? make keda-up): {e}")
+        });
 }
 
 /// `<endpoint>/<account>/<queue>`: the scaler wants exactly two path parts.
@@ -546,7 +550,10 @@ async fn run_trace(env: TestEnv, bench: Bench, trace: Trace) {
         .await;
         stacks.push(Arc::new(stack));
     }
-    if lanes.iter().any(|l| matches!(l.scaling, Scaling::Keda { .. })) {
+    if lanes
+        .iter()
+        .any(|l| matches!(l.scaling, Scaling::Keda { .. }))
+    {
         create_trigger_auth(&env).await;
     }
     for (lane, stack) in lanes.iter().zip(&stacks) {
@@ -786,7 +793,8 @@ fn measure(
                 jobs: b.jobs,
                 first_ready_s: first_at(ticks, b.start, |t| t.sample.ready > 0),
                 max_ready_s: first_at(ticks, b.start, |t| t.sample.ready >= max),
-                drain_s: first_at(ticks, b.end + 0.5, |t| backlog(t) == 0) + (b.end + 0.5 - b.start),
+                drain_s: first_at(ticks, b.end + 0.5, |t| backlog(t) == 0)
+                    + (b.end + 0.5 - b.start),
                 ideal_drain_s: (b.end - b.start + trace.job_seconds)
                     .max(b.jobs as f64 * trace.job_seconds / capacity + trace.job_seconds),
                 peak_backlog: window.iter().map(|t| backlog(t)).max().unwrap_or(0),
@@ -862,16 +870,21 @@ fn table(trace: &Trace, results: &[LaneResult]) -> String {
     row("jobs sent / results stored", &|r| {
         format!("{} / {}", r.submitted, r.results)
     });
-    row(&format!("first ready pod after the first arrival{each}"), &|r| {
-        per_burst(r, |b| secs(b.first_ready_s))
-    });
     row(
-        &format!("all {} pods ready after the first arrival{each}", trace.max_replicas),
+        &format!("first ready pod after the first arrival{each}"),
+        &|r| per_burst(r, |b| secs(b.first_ready_s)),
+    );
+    row(
+        &format!(
+            "all {} pods ready after the first arrival{each}",
+            trace.max_replicas
+        ),
         &|r| per_burst(r, |b| secs(b.max_ready_s)),
     );
-    row(&format!("queue empty after the first arrival{each}"), &|r| {
-        per_burst(r, |b| secs(b.drain_s))
-    });
+    row(
+        &format!("queue empty after the first arrival{each}"),
+        &|r| per_burst(r, |b| secs(b.drain_s)),
+    );
     row(&format!("capacity bound for that{each}"), &|r| {
         per_burst(r, |b| secs(b.ideal_drain_s))
     });
@@ -888,19 +901,23 @@ fn table(trace: &Trace, results: &[LaneResult]) -> String {
             r.ideal_pod_seconds
         )
     });
-    row("last empty queue → no pod left", &|r| secs(r.back_to_zero_s));
+    row("last empty queue → no pod left", &|r| {
+        secs(r.back_to_zero_s)
+    });
     row("pods stopped by scale-in", &|r| {
         r.scale_in.pods_stopped.to_string()
     });
     row("jobs interrupted by scale-in (running at SIGTERM)", &|r| {
         r.scale_in.jobs_held_at_sigterm.to_string()
     });
-    row("… of them aborted and handed back (drain ran out)", &|r| {
-        r.scale_in.jobs_handed_back.to_string()
-    });
-    row("redeliveries (jobs started with receive count ≥ 2)", &|r| {
-        r.scale_in.redelivered.to_string()
-    });
+    row(
+        "… of them aborted and handed back (drain ran out)",
+        &|r| r.scale_in.jobs_handed_back.to_string(),
+    );
+    row(
+        "redeliveries (jobs started with receive count ≥ 2)",
+        &|r| r.scale_in.redelivered.to_string(),
+    );
     t
 }
 
@@ -932,7 +949,8 @@ fn write_outputs(
     }
     println!("\n{table}\n{notes}");
     let base = bench.out_dir.join(trace.name);
-    std::fs::write(base.with_extension("md"), format!("{table}\n{notes}")).expect("write the table");
+    std::fs::write(base.with_extension("md"), format!("{table}\n{notes}"))
+        .expect("write the table");
     std::fs::write(
         base.with_extension("json"),
         serde_json::to_string_pretty(results).expect("results as JSON"),
