@@ -17,6 +17,9 @@ pub struct Sample {
     pub ready: i32,
 }
 
+/// How to read a pod count from a sample.
+type PodCount = fn(&Sample) -> f64;
+
 /// A named, coloured line and how to read its value from a sample.
 type Line = (&'static str, RGBColor, fn(&Sample) -> f64);
 
@@ -284,7 +287,7 @@ pub fn render_lanes_png(lanes: &[Lane], title: &str, path: &Path) -> Result<(), 
     )?;
     for (i, lane) in lanes.iter().enumerate() {
         let color = LANE_COLORS[i % LANE_COLORS.len()];
-        let series: [(fn(&Sample) -> f64, u32); 2] =
+        let series: [(PodCount, u32); 2] =
             [(|s| f64::from(s.desired), 1), (|s| f64::from(s.ready), 3)];
         for (value, width) in series {
             chart
