@@ -14,7 +14,7 @@ include hack/localstack/localstack.mk
 -include hack/cluster/cluster.mk
 -include hack/keda/keda.mk
 
-.PHONY: help build release fmt lint unit test up down smoke crds e2e e2e-images bench-seed kind-up kind-e2e kind-down ci
+.PHONY: help build release fmt lint unit test up down smoke up-local down-local smoke-local crds e2e e2e-images bench-seed kind-image kind-up kind-e2e kind-down kind-status ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -38,14 +38,23 @@ unit: localstack-up ## Unit and LocalStack integration tests (no cluster)
 
 test: lint unit e2e ## The whole suite: lint, unit, LocalStack integration and end-to-end tests
 
-up: localstack-up build ## Start LocalStack, the API server (port 8000) and one worker
+up: ## The product on a local cluster: LocalStack, kind (or hack/cluster), operator, API server on :8000, pool at 0
+	scripts/up.sh up
+
+down: ## Undo what `make up` did (only what it started)
+	scripts/up.sh down
+
+smoke: ## The seed request through the cluster's API server; shows the pool scale 0 -> N -> 0 (prints PASS)
+	scripts/smoke-cluster.sh
+
+up-local: localstack-up build ## Quick mode: LocalStack, the API server (port 8000) and one worker as local processes
 	scripts/run-local.sh up
 
-down: ## Stop what `make up` started
+down-local: ## Stop what `make up-local` started
 	scripts/run-local.sh down
 	$(MAKE) localstack-down
 
-smoke: ## The seed smoke test against http://localhost:8000 (prints PASS)
+smoke-local: ## The seed smoke test against http://localhost:8000 (prints PASS)
 	scripts/smoke.sh http://localhost:8000
 
 crds: ## Regenerate crds/ from the Rust types
@@ -63,12 +72,18 @@ e2e: localstack-up cluster-up e2e-images ## The end-to-end suite on the local cl
 bench-seed: localstack-up cluster-up e2e-images ## The seeds' workloads on the local cluster (docs/benchmarks.md)
 	tests/e2e/bench-seed.sh
 
-# kind, for machines with Docker (cannot run on the build VMs; see docs/e2e.md).
-kind-up: ## kind: create the cluster, load the images, run LocalStack in it, helm install
-	hack/e2e/kind.sh up
+# kind, with Docker or Podman (whichever works; hack/kind/lib.sh), docs/e2e.md.
+kind-image: ## kind: the node image (kind's published one, or built here without a registry; cached)
+	nice -n 10 hack/kind/node-image.sh
+
+kind-up: ## kind: create the cluster, load the images, helm install (operator, API server on :8000, pool)
+	hack/kind/kind.sh up
 
 kind-e2e: ## kind: the end-to-end suite against the kind cluster
-	hack/e2e/kind.sh e2e
+	hack/kind/kind.sh e2e
 
 kind-down: ## kind: delete the cluster
-	hack/e2e/kind.sh down
+	hack/kind/kind.sh down
+
+kind-status: ## kind: provider, node and pods
+	hack/kind/kind.sh status

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the cluster's binaries once from Go modules into a version-keyed cache:
 #   .cache/cluster/<k8s-version>/bin/{etcd,kube-apiserver,kube-controller-manager,
-#                                     kube-scheduler,kubelet,kube-proxy,kubectl,helm}
+#                                     kube-scheduler,kubelet,kube-proxy,kubectl,kubeadm,helm}
+# (kubeadm is for the kind node image, hack/kind/node-image.sh)
 # Modules come from the Go module proxy; versions are pinned by hack/cluster/tools/*/go.mod.
 # Binaries that already exist are not rebuilt (delete the bin/ folder to force a rebuild).
 set -euo pipefail
@@ -31,7 +32,7 @@ build() { # build <tools-dir> <ldflags> <pkg>...
 # build: keyed by the Kubernetes version and a hash of the pinned tools modules.
 PINS=$(cat "$TOOLS_DIR"/*/go.mod | sha256sum | cut -c1-12)
 SHARED_DIR="${QWP_CLUSTER_BIN_CACHE:-$HOME/.cache/qwp-cluster}/$K8S_VERSION-$PINS/bin"
-ALL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl helm)
+ALL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm helm)
 for b in "${ALL[@]}"; do
   if [[ ! -x $BIN_DIR/$b && -x $SHARED_DIR/$b ]]; then
     cp -l "$SHARED_DIR/$b" "$BIN_DIR/$b" 2>/dev/null || cp "$SHARED_DIR/$b" "$BIN_DIR/$b"
@@ -55,7 +56,8 @@ build k8s "$KLD" \
   k8s.io/kubernetes/cmd/kube-scheduler \
   k8s.io/kubernetes/cmd/kubelet \
   k8s.io/kubernetes/cmd/kube-proxy \
-  k8s.io/kubernetes/cmd/kubectl
+  k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubeadm
 
 HELM_VERSION=$(awk '$1=="require" && $2=="helm.sh/helm/v3" {print $3}' "$TOOLS_DIR/helm/go.mod")
 build helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
