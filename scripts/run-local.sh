@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make up` / `make down`: the API server and one worker as local processes against LocalStack.
+# `make up-local` / `make down-local`: the API server and one worker as local processes against LocalStack.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 RUN="$ROOT/.cache/run"

@@ -204,6 +204,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "$CTRD_RUN/containerd.sock"
 [ttrpc]
   address = "$CTRD_RUN/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$CTRD_RUN/opt"
 EOF
 containerd --config "$CTRD_RUN/config.toml" > "$CTRD_RUN/containerd.log" 2>&1 &
 echo $! > "$CTRD_RUN/pid"
