@@ -54,9 +54,10 @@ create() {
     cat >> "$config" <<EOF
 kubeadmConfigPatches:
   - |
+    kind: InitConfiguration
+    skipPhases: [addon/coredns]
+  - |
     kind: ClusterConfiguration
-    dns:
-      disabled: true
     etcd:
       local:
         imageTag: "${etcd_tag#v}-0"
