@@ -7,8 +7,8 @@
 #   images    dev builds of the three binaries as image archives, `kind load image-archive`
 #   install   helm install: operator, API server (NodePort → localhost:8000), sample pool at 0
 #   up        all of the above;  e2e [filter]  the e2e crate against the cluster;  down  delete it
-# It shares every step it can with the hack/cluster path: the same image archives
-# (hack/cluster/images.sh), the same chart, the same e2e crate (hack/e2e/run.sh).
+# It shares every step it can with the hack/cluster path: the same image builder
+# (hack/cluster/build-image.sh), the same chart, the same e2e crate (hack/e2e/run.sh).
 # LocalStack: KIND_LOCALSTACK=host (default) uses the host's (`make localstack-up`, bound to
 # 0.0.0.0), which pods reach at the kind network's gateway; KIND_LOCALSTACK=cluster runs it in
 # the cluster from its public image (hack/kind/localstack.yaml; needs a registry).
@@ -19,6 +19,8 @@ cd "$ROOT"
 LOCALSTACK_MODE="${KIND_LOCALSTACK:-host}"
 RELEASE=qwp
 NAMESPACE=qwp-system
+KIND_IMAGES="$KIND_STATE/images"
+IMAGE_TAG="${E2E_IMAGE_TAG:-dev}"
 
 tools() { provider; need_kind; need_cluster_tools; }
 
@@ -75,12 +77,20 @@ EOF
 images() {
   tools
   cluster_exists || kdie "no kind cluster $KIND_CLUSTER: make kind-up"
-  klog "dev builds of the three binaries, image archives (as make e2e-images)"
+  klog "dev builds of the three binaries, image archives (as make e2e-images), kind load"
   cargo build --bins -p qwp-operator -p qwp-worker -p qwp-api-server
-  QWP_RELEASE_DIR="$ROOT/target/debug" "$ROOT/hack/cluster/images.sh" build
-  local image
-  for image in qwp-operator qwp-worker qwp-api-server; do
-    kind load image-archive --name "$KIND_CLUSTER" "$IMAGES_DIR/$image.tar"
+  # Archives of this checkout's kind cluster: hack/cluster's ($IMAGES_DIR) may be another
+  # checkout's, loaded by its e2e run at the same time.
+  mkdir -p "$KIND_IMAGES"
+  local name bin out src
+  for name in qwp-operator qwp-worker qwp-api-server; do
+    bin="$ROOT/target/debug/$name" out="$KIND_IMAGES/$name.tar"
+    src="$(stat -L -c '%n %s %Y' "$bin") $name:$IMAGE_TAG"
+    if [[ ! -f $out || "$(cat "$out.src" 2>/dev/null)" != "$src" ]]; then
+      "$CLUSTER_DIR/build-image.sh" "$bin" "$name:$IMAGE_TAG" "$out"
+      echo "$src" > "$out.src"
+    fi
+    kind load image-archive --name "$KIND_CLUSTER" "$out"
   done
 }
 
@@ -117,7 +127,7 @@ install() {
     --set aws.credentials.create=true,aws.credentials.accessKeyId=test,aws.credentials.secretAccessKey=test \
     --set apiServer.enabled=true,apiServer.service.type=NodePort,apiServer.service.nodePort=30080 \
     --set samplePool.enabled=true,samplePool.scaleDownStabilizationSeconds="${QWP_SAMPLE_SCALE_DOWN_SECONDS:-15}" \
-    --set-string operator.podAnnotations.qwp\\.io/images="$(cat "$IMAGES_DIR"/qwp-*.tar.src 2>/dev/null | sha256sum | cut -c1-12)"
+    --set-string operator.podAnnotations.qwp\\.io/images="$(cat "$KIND_IMAGES"/*.src 2>/dev/null | sha256sum | cut -c1-12)"
   local _
   for _ in $(seq 1 60); do
     curl -fsS --max-time 2 http://localhost:8000/health >/dev/null 2>&1 && { klog "API server: http://localhost:8000 (KUBECONFIG=$KUBECONFIG)"; return 0; }
