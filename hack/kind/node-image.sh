@@ -92,7 +92,8 @@ BASE_KEY=$(echo "$DEBIAN_SUITE $NODE_PACKAGES" | sha256sum | cut -c1-12)
 BASE="$KIND_HOME/rootfs-$DEBIAN_SUITE-$BASE_KEY.tar"
 if [[ ! -f $BASE ]]; then
   klog "mmdebstrap $DEBIAN_SUITE ($NODE_PACKAGES)"
-  nice -n 10 mmdebstrap --mode=root --variant=minbase --include="$NODE_PACKAGES" \
+  rm -rf "$BASE.tmp"
+  nice -n 10 mmdebstrap --mode=root --format=tar --variant=minbase --include="$NODE_PACKAGES" \
     "$DEBIAN_SUITE" "$BASE.tmp" "$DEBIAN_MIRROR" >&2
   mv "$BASE.tmp" "$BASE"
 fi
