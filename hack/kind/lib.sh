@@ -18,15 +18,17 @@ KIND_BIN="$KIND_HOME/kind-$KIND_VERSION/kind"
 # Per checkout: the kubeconfig of the kind cluster.
 KIND_STATE="${QWP_KIND_STATE:-$ROOT/.cache/kind}"
 export KUBECONFIG="${KIND_KUBECONFIG:-$KIND_STATE/kubeconfig}"
-export PATH="$(dirname "$KIND_BIN"):$BIN_DIR:$PATH"
+PATH="$(dirname "$KIND_BIN"):$BIN_DIR:$PATH"
+export PATH
 
 klog() { printf '[kind %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 kdie() { printf '[kind] ERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- provider ---------------------------------------------------------------------------------
 apt_install() { # apt_install <pkg>...: Debian/Ubuntu as root only
-  command -v apt-get >/dev/null && [[ $EUID -eq 0 ]] ||
+  if ! command -v apt-get >/dev/null || [[ $EUID -ne 0 ]]; then
     kdie "install $* (needs apt-get as root here; or set KIND_PROVIDER to a working provider)"
+  fi
   local missing=() p
   for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -107,7 +109,7 @@ need_kind() {
   command -v go >/dev/null || kdie "kind $KIND_VERSION is not installed and the Go toolchain is missing to install it"
   klog "installing kind $KIND_VERSION from its Go module (go install sigs.k8s.io/kind@$KIND_VERSION)"
   mkdir -p "$(dirname "$KIND_BIN")"
-  GOBIN="$(dirname "$KIND_BIN")" GOFLAGS= nice -n 10 go install "sigs.k8s.io/kind@$KIND_VERSION"
+  GOBIN="$(dirname "$KIND_BIN")" GOFLAGS='' nice -n 10 go install "sigs.k8s.io/kind@$KIND_VERSION"
 }
 
 # kubectl, helm (and kubeadm for the node image) from hack/cluster's build, unless on PATH.
@@ -118,6 +120,3 @@ need_cluster_tools() {
 }
 
 cluster_exists() { kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; }
-
-# The node image for kind: KIND_NODE_IMAGE if set; else the one `node-image.sh` recorded.
-NODE_IMAGE_REF="$KIND_HOME/node-image.ref"

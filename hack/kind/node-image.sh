@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# node-image.sh — the kind node image (`make kind-image`); prints its reference and records it
-# in $KIND_HOME/node-image.ref for kind.sh.
+# node-image.sh — the kind node image (`make kind-image`); prints its reference (kind.sh uses it).
 #
 #   KIND_NODE_IMAGE=<ref>   use that image (pulled by kind if missing), build nothing
 #   KIND_NODE_IMAGE=build   always use the image built here
@@ -34,7 +33,7 @@ ETCD_TAG="${ETCD_VERSION#v}-0"
 POD_SUBNET=10.245.0.0/16                      # kind-config.yaml's podSubnet
 NODE_POD_CIDR=10.245.0.0/24                   # the first node's range of it
 
-record() { echo "$1" > "$NODE_IMAGE_REF"; echo "$1"; }
+record() { echo "$1"; }
 
 provider
 mkdir -p "$KIND_HOME"
@@ -83,7 +82,7 @@ need_cluster_tools
 for b in kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd; do
   [[ -x $BIN_DIR/$b ]] || kdie "$BIN_DIR/$b is missing (hack/cluster/build-binaries.sh)"
 done
-KIND_MOD="$(cd "$KIND_HOME" && GOFLAGS= go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+KIND_MOD="$(cd "$KIND_HOME" && GOFLAGS='' go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
 KIND_FILES="$KIND_MOD/images/base/files"
 [[ -f $KIND_FILES/usr/local/bin/entrypoint ]] || kdie "kind's node files are not in $KIND_MOD"
 
@@ -102,7 +101,7 @@ WORK="$KIND_HOME/build-$KEY"
 R="$WORK/rootfs"
 CTRD_RUN="/run/qwp-kind-build-$KEY"
 cleanup() {
-  [[ -f $CTRD_RUN/pid ]] && kill "$(cat "$CTRD_RUN/pid")" 2>/dev/null || true
+  if [[ -f $CTRD_RUN/pid ]]; then kill "$(cat "$CTRD_RUN/pid")" 2>/dev/null || true; fi
   rm -rf "$CTRD_RUN" "$WORK"
 }
 trap cleanup EXIT
