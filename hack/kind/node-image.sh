@@ -222,7 +222,9 @@ klog "writing $ARCHIVE"
 tar --numeric-owner --xattrs --xattrs-include='*' -C "$R" -cf "$ARCHIVE.tmp" .
 mv "$ARCHIVE.tmp" "$ARCHIVE"
 import_archive
-# older keys' archives are dead weight
+# older keys' archives and images are dead weight (an image a node still runs stays)
 find "$KIND_HOME" -maxdepth 1 -name 'node-*.tar' ! -name "node-$KEY.tar" -delete
+"$ENGINE" images --format '{{.Repository}}:{{.Tag}}' | grep '^localhost/qwp-kind-node:' | grep -vx "$IMAGE" |
+  while read -r old; do "$ENGINE" rmi "$old" >/dev/null 2>&1 || true; done
 klog "node image $IMAGE built in $((SECONDS - T0))s"
 record "$IMAGE"
