@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
-use crate::controller::Context;
+use crate::Context;
 use crate::crd::{QueueWorkerPool, QueueWorkerPoolSpec};
 use crate::decision::QueueDepth;
 use crate::deletion_cost::InFlightProbe;
@@ -695,29 +695,261 @@ mod scenarios {
     }
 
     #[tokio::test]
-    async fn a_deployment_of_someone_else_is_not_taken_over() {
+    async fn a_deployment_of_someone_else_is_not_taken_over_and_the_pool_waits() {
         let mut test = Context::test(FakeProbe::default());
         test.queue.set(Ok(QueueDepth::default()));
-        let pool = QueueWorkerPool::test(json!({}));
+        let mut pool = QueueWorkerPool::test(json!({}));
         let foreign = json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": POOL, "namespace": NS},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "x"}},
                      "template": {"metadata": {"labels": {"app": "x"}},
                                   "spec": {"containers": [{"name": "x", "image": "x"}]}}}});
+        let status = Arc::new(Mutex::new(Value::Null));
         let result = test
             .reconcile(
                 &pool,
                 vec![
-                    Expect::new(Method::GET, deployment_path(), Reply::Json(foreign)),
+                    Expect::new(Method::GET, deployment_path(), Reply::Json(foreign.clone())),
                     Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["type"], "Warning");
                         assert_eq!(body["reason"], "DeploymentNotOwned");
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool))
+                        .check(keep(&status)),
+                ],
+            )
+            .await;
+        let error = result.unwrap_err();
+        assert!(
+            matches!(error, crate::Error::DeploymentNotOwned(_)),
+            "{error}"
+        );
+        assert!(
+            test.queue.targets.lock().unwrap().is_empty(),
+            "a pool that cannot act does not read its queue"
+        );
+        let written = status.lock().unwrap()["status"].clone();
+        let ready = condition(&written, "Ready");
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&json!("False"), &json!("DeploymentNotOwned"))
+        );
+        assert_eq!(ready["message"], error.to_string());
+        let action = crate::error_policy(Arc::new(pool.clone()), &error, test.ctx.clone());
+        assert_eq!(
+            action,
+            Action::await_change(),
+            "no retry: only a change helps"
+        );
+
+        // Woken again (by the status write, or the foreign Deployment changing): the status
+        // says so already, so nothing is written or announced.
+        pool.status = Some(serde_json::from_value::<QueueWorkerPoolStatus>(written).unwrap());
+        let result = test
+            .reconcile(
+                &pool,
+                vec![Expect::new(
+                    Method::GET,
+                    deployment_path(),
+                    Reply::Json(foreign),
+                )],
+            )
+            .await;
+        assert!(matches!(result, Err(crate::Error::DeploymentNotOwned(_))));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_spec_waits_for_a_change_and_says_why() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth::default()));
+        let mut pool = QueueWorkerPool::test(json!({"template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "worker", "image": "qwp-worker:dev"}]}}}));
+        let status = Arc::new(Mutex::new(Value::Null));
+        // Validation comes first: no Deployment read, no queue read, only the report.
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["type"], "Warning");
+                        assert_eq!(body["reason"], "InvalidSpec");
+                        let note = body["note"].as_str().unwrap();
+                        assert!(note.contains("restartPolicy is Never"), "{note}");
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool))
+                        .check(keep(&status)),
+                ],
+            )
+            .await;
+        let error = result.unwrap_err();
+        assert!(matches!(error, crate::Error::InvalidSpec(_)), "{error}");
+        assert!(test.queue.targets.lock().unwrap().is_empty());
+        let written = status.lock().unwrap()["status"].clone();
+        assert_eq!(written["observedGeneration"], 1);
+        let ready = condition(&written, "Ready");
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&json!("False"), &json!("InvalidSpec"))
+        );
+
+        // A permanent error does not back off: every failure waits for a change.
+        let shared = Arc::new(pool.clone());
+        for _ in 0..3 {
+            assert_eq!(
+                crate::error_policy(shared.clone(), &error, test.ctx.clone()),
+                Action::await_change()
+            );
+        }
+        assert!(
+            test.ctx
+                .metrics
+                .encode()
+                .contains(r#"qwp_operator_reconcile_errors_total{error="invalid_spec"} 3"#)
+        );
+
+        // The status write wakes the pool once more: already reported, no request at all.
+        pool.status = Some(serde_json::from_value::<QueueWorkerPoolStatus>(written).unwrap());
+        let result = test.reconcile(&pool, vec![]).await;
+        assert!(matches!(result, Err(crate::Error::InvalidSpec(_))));
+
+        // The fix is the change it waited for: the pool gets its Deployment and is Ready.
+        let mut fixed = QueueWorkerPool::test(json!({}));
+        fixed.metadata.generation = Some(2);
+        fixed.status = pool.status.clone();
+        let result = test
+            .reconcile(
+                &fixed,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::NotFound),
+                    Expect::new(Method::PATCH, deployment_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["spec"]["replicas"], 0);
+                        assert_eq!(
+                            body["spec"]["template"]["spec"]["restartPolicy"],
+                            Value::Null
+                        );
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&fixed)).check(|body| {
+                        let ready = condition(&body["status"], "Ready");
+                        assert_eq!(
+                            (&ready["status"], &ready["reason"]),
+                            (&json!("True"), &json!("ReplicasReady"))
+                        );
+                        assert_eq!(body["status"]["observedGeneration"], 2);
                     }),
                 ],
             )
             .await;
-        assert!(
-            matches!(result, Err(crate::Error::DeploymentNotOwned(_))),
-            "{result:?}"
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn transient_errors_back_off_until_a_success_resets_them() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth::default()));
+        let pool = QueueWorkerPool::test(json!({}));
+        let shared = Arc::new(pool.clone());
+        let unavailable = || {
+            vec![Expect::new(
+                Method::GET,
+                deployment_path(),
+                Reply::Error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
+            )]
+        };
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            let error = test.reconcile(&pool, unavailable()).await.unwrap_err();
+            assert!(
+                matches!(error, crate::Error::Kube(_)) && !error.is_permanent(),
+                "{error}"
+            );
+            delays.push(crate::error_policy(
+                shared.clone(),
+                &error,
+                test.ctx.clone(),
+            ));
+        }
+        assert_eq!(
+            delays,
+            [5, 10, 20].map(|s| Action::requeue(Duration::from_secs(s)))
         );
+        assert!(
+            test.queue.targets.lock().unwrap().is_empty(),
+            "no queue read without the Deployment"
+        );
+
+        // A success ends the run of failures: the next one starts at the base delay again.
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::NotFound),
+                    Expect::new(Method::PATCH, deployment_path(), Reply::Echo),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        let error = test.reconcile(&pool, unavailable()).await.unwrap_err();
+        assert_eq!(
+            crate::error_policy(shared, &error, test.ctx.clone()),
+            Action::requeue(Duration::from_secs(5))
+        );
+    }
+
+    /// A log writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn every_log_line_of_a_reconcile_names_the_pool() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        // The test runtime has one thread: the reconcile and the mocked API server run on it.
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let mut test = Context::test(FakeProbe::default());
+        test.queue
+            .set(Err(QueueError::new("DispatchFailure", "no route to host")));
+        let pool = QueueWorkerPool::test(json!({}));
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::NotFound),
+                    Expect::new(Method::PATCH, deployment_path(), Reply::Echo),
+                    Expect::new(Method::POST, events_path(), Reply::Echo),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.iter().any(|l| l.contains("queue depth unreadable")),
+            "{text}"
+        );
+        for line in lines {
+            assert!(
+                line.contains(&format!("reconcile{{namespace={NS} pool={POOL}}}")),
+                "a line outside the reconcile span: {line}"
+            );
+        }
     }
 }

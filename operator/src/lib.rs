@@ -1,8 +1,10 @@
 //! qwp-operator: scales QueueWorkerPool Deployments from the depth of their SQS queue.
 //!
-//! Data flow of one reconcile (see [`controller`]): observe (queue depth, Deployment, pods)
-//! → [`decision::decide`] (pure) → build the Deployment ([`deployment`]) and status
-//! ([`status`]) (pure) → apply both with server-side apply. Only the two ends touch the network.
+//! Data flow of one reconcile (see [`reconcile`]): validate the spec (pure) → observe the
+//! Deployment and the queue depth → [`decision::decide`] (pure) → apply the Deployment
+//! ([`deployment`], server-side apply) → report Events, status ([`status`]) and metrics. Only
+//! observe, apply and report touch the network. [`controller`] runs the reconciles and decides
+//! when a failed one runs again.
 
 pub mod controller;
 pub mod crd;
@@ -11,13 +13,15 @@ pub mod deletion_cost;
 pub mod deployment;
 pub mod metrics;
 pub mod queue;
+pub mod reconcile;
 pub mod status;
 
 #[cfg(test)]
 mod fixtures;
 
-pub use controller::{Context, error_policy, reconcile, run};
+pub use controller::{error_policy, run};
 pub use crd::{QueueWorkerPool, QueueWorkerPoolSpec, QueueWorkerPoolStatus};
+pub use reconcile::{Context, reconcile};
 
 /// Selects rustls' ring provider for the process. Call before building a kube `Client`: with
 /// both `ring` (kube) and `aws-lc-rs` (AWS SDK) compiled in, rustls cannot pick one itself and
@@ -46,6 +50,8 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[from] reconcile::validate::SpecError),
 }
 
 impl Error {
@@ -56,6 +62,30 @@ impl Error {
             Error::MissingNamespace(_) => "missing_namespace",
             Error::DeploymentNotOwned(_) => "deployment_not_owned",
             Error::DeploymentApply { .. } => "deployment_apply",
+            Error::InvalidSpec(_) => "invalid_spec",
+        }
+    }
+
+    /// Whether retrying cannot help: only a change of the pool (or the removal of the
+    /// Deployment in its way) can, so the pool waits for one instead of backing off. The
+    /// others (API server unreachable, conflicts, a rejected apply) may pass by themselves.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::MissingNamespace(_) | Error::DeploymentNotOwned(_) | Error::InvalidSpec(_) => {
+                true
+            }
+            Error::Kube(_) | Error::DeploymentApply { .. } => false,
+        }
+    }
+
+    /// The reason of the Warning Event and of the `Ready=False` condition that report it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::MissingNamespace(_) => "MissingNamespace",
+            Error::DeploymentNotOwned(_) => "DeploymentNotOwned",
+            Error::DeploymentApply { .. } => "DeploymentApplyFailed",
+            Error::InvalidSpec(_) => "InvalidSpec",
         }
     }
 }

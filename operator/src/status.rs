@@ -88,21 +88,13 @@ pub fn build_status(input: &StatusInput<'_>) -> QueueWorkerPoolStatus {
         None => ("False", "WithinLimits"),
     };
     let condition = |type_: &str, (status, reason, message): (&str, String, String)| {
-        let same_status = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_)
-            .filter(|c| c.status == status);
-        Condition {
-            type_: type_.to_string(),
-            status: status.to_string(),
-            reason,
-            message,
-            observed_generation: input.generation,
-            last_transition_time: same_status
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or(Time(input.now)),
-        }
+        next_condition(
+            &previous,
+            type_,
+            (status, reason, message),
+            input.generation,
+            input.now,
+        )
     };
     let conditions = vec![
         condition(READY, (ready.0, ready.1.to_string(), ready.2)),
@@ -127,6 +119,54 @@ pub fn build_status(input: &StatusInput<'_>) -> QueueWorkerPoolStatus {
         last_scale_time,
         last_scale_reason,
         conditions,
+    }
+}
+
+/// The status of a pool the operator cannot act on (a permanent reconcile error): the last
+/// status, with `Ready=False` saying why. The other conditions and numbers stay as they were.
+pub fn failed_status(
+    previous: Option<&QueueWorkerPoolStatus>,
+    generation: Option<i64>,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> QueueWorkerPoolStatus {
+    let mut status = previous.cloned().unwrap_or_default();
+    let ready = next_condition(
+        &status,
+        READY,
+        ("False", reason.to_string(), message),
+        generation,
+        now,
+    );
+    status.conditions.retain(|c| c.type_ != READY);
+    status.conditions.insert(0, ready);
+    status.observed_generation = generation;
+    status
+}
+
+/// A condition whose transition time moves only when its status flips.
+fn next_condition(
+    previous: &QueueWorkerPoolStatus,
+    type_: &str,
+    (status, reason, message): (&str, String, String),
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let same_status = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .filter(|c| c.status == status);
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason,
+        message,
+        observed_generation: generation,
+        last_transition_time: same_status
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now)),
     }
 }
 
@@ -320,6 +360,74 @@ mod tests {
             build_status(&input(at(30), Some(&second))),
             "steady state is stable"
         );
+    }
+
+    #[test]
+    fn a_failure_says_why_in_ready_and_keeps_the_rest() {
+        let d = decision(4, None);
+        let dep = deployment(4, 4);
+        let working = build_status(&StatusInput {
+            generation: Some(1),
+            queue: "http://q".into(),
+            depth: Ok(QueueDepth::default()),
+            decision: &d,
+            deployment: Some(&dep),
+            scaled: true,
+            now: at(10),
+            previous: None,
+        });
+        let failed = failed_status(
+            Some(&working),
+            Some(2),
+            "InvalidSpec",
+            "invalid spec: x".into(),
+            at(20),
+        );
+        let ready = condition(&failed, READY);
+        assert_eq!(
+            (
+                ready.status.as_str(),
+                ready.reason.as_str(),
+                ready.message.as_str()
+            ),
+            ("False", "InvalidSpec", "invalid spec: x")
+        );
+        assert_eq!(
+            ready.last_transition_time,
+            Time(at(20)),
+            "True → False moves"
+        );
+        assert_eq!(ready.observed_generation, Some(2));
+        assert_eq!(failed.observed_generation, Some(2));
+        assert_eq!(failed.conditions.len(), 3, "{:?}", failed.conditions);
+        assert_eq!(
+            condition(&failed, QUEUE_REACHABLE),
+            condition(&working, QUEUE_REACHABLE)
+        );
+        assert_eq!(
+            (
+                failed.desired_replicas,
+                failed.backlog,
+                &failed.last_scale_reason
+            ),
+            (
+                working.desired_replicas,
+                working.backlog,
+                &working.last_scale_reason
+            )
+        );
+        let again = failed_status(
+            Some(&failed),
+            Some(2),
+            "InvalidSpec",
+            "invalid spec: x".into(),
+            at(30),
+        );
+        assert_eq!(again, failed, "the same failure is the same status");
+
+        let fresh = failed_status(None, Some(1), "DeploymentNotOwned", "taken".into(), at(5));
+        assert_eq!(fresh.conditions.len(), 1);
+        assert_eq!(condition(&fresh, READY).reason, "DeploymentNotOwned");
     }
 
     #[test]

@@ -1,0 +1,178 @@
+//! One reconcile of one pool, as named steps:
+//!
+//! 1. [`validate`] the spec (pure): what the CRD schema cannot check.
+//! 2. [`observe`] the Deployment, then [`validate::ownership`] of it (pure), then observe the
+//!    queue depth.
+//! 3. [`decide`] the replicas (pure, with the pool's in-memory history).
+//! 4. [`apply`] pod deletion costs (before a scale-down) and the Deployment.
+//! 5. [`report`] Events, status and metrics.
+//!
+//! Only observe, apply and report touch the network. A failed step ends the reconcile;
+//! [`report::failure`] tells the pool why, and [`crate::controller::error_policy`] decides when
+//! it runs again.
+
+pub mod apply;
+pub mod decide;
+pub mod observe;
+pub mod report;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::controller::WATCH_DEBOUNCE;
+use crate::crd::QueueWorkerPool;
+use crate::decision::{History, ScalingPolicy};
+use crate::deletion_cost::InFlightProbe;
+use crate::metrics::Metrics;
+use crate::queue::QueueDepthSource;
+use crate::{FIELD_MANAGER, Result};
+
+/// Reconciles one pool. Errors go to [`crate::controller::error_policy`]; an unreadable queue
+/// is not an error (the pool holds its replicas and says why in its status). Every log line of
+/// the reconcile carries the pool's namespace and name (the span).
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(namespace = %pool.namespace().unwrap_or_default(), pool = %pool.name_any())
+)]
+pub async fn reconcile(pool: Arc<QueueWorkerPool>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = steps(&pool, &ctx).await;
+    if let Err(error) = &result {
+        report::failure(&pool, &ctx, error).await;
+    }
+    ctx.metrics.observe_duration(started.elapsed());
+    if result.is_ok() {
+        ctx.clear_failures(&ObjectRef::from_obj(pool.as_ref()));
+    }
+    result
+}
+
+async fn steps(pool: &QueueWorkerPool, ctx: &Context) -> Result<Action> {
+    let pool = validate::spec(pool)?;
+    let deployment = observe::deployment(&pool, ctx).await?;
+    validate::ownership(pool.resource, deployment.as_ref())?;
+    let observed = observe::queue(&pool, ctx, deployment).await;
+    let now = Instant::now();
+    let decision = ctx.with_memory(&pool.key, now, observed.current, |memory| {
+        decide::replicas(&pool, &memory.history, &observed, now)
+    });
+    apply::deployment(&pool, ctx, &observed, &decision).await?;
+    ctx.with_memory(&pool.key, now, observed.current, |memory| {
+        decide::remember(&pool, &mut memory.history, &observed, &decision, now)
+    });
+    report::outcome(&pool, ctx, &observed, &decision).await?;
+    Ok(Action::requeue(pool.poll.saturating_sub(WATCH_DEBOUNCE)))
+}
+
+/// What the reconciler shares across pools.
+pub struct Context {
+    pub client: Client,
+    pub queue: Arc<dyn QueueDepthSource>,
+    pub probe: Arc<dyn InFlightProbe>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// Reporting instance of the Events this process writes (host or pod name).
+    pub instance: String,
+    /// Per-pool memory: decision history, last reading. In memory only: after a restart the
+    /// history starts from the running replicas (see [`History::starting_at`]).
+    pools: Mutex<HashMap<ObjectRef<QueueWorkerPool>, PoolMemory>>,
+    /// Consecutive transient failures per pool, for the backoff.
+    failures: Mutex<HashMap<ObjectRef<QueueWorkerPool>, u32>>,
+}
+
+pub(crate) struct PoolMemory {
+    pub history: History,
+    pub last_read: Option<observe::LastRead>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        queue: Arc<dyn QueueDepthSource>,
+        probe: Arc<dyn InFlightProbe>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reporter = Reporter::from(FIELD_MANAGER);
+        Context {
+            instance: reporter
+                .instance
+                .clone()
+                .unwrap_or_else(|| FIELD_MANAGER.to_string()),
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            queue,
+            probe,
+            metrics,
+            pools: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn with_memory<T>(
+        &self,
+        key: &ObjectRef<QueueWorkerPool>,
+        now: Instant,
+        current: u32,
+        f: impl FnOnce(&mut PoolMemory) -> T,
+    ) -> T {
+        let mut pools = self.pools.lock().expect("pool memory lock");
+        let memory = pools.entry(key.clone()).or_insert_with(|| PoolMemory {
+            history: History::starting_at(now, current),
+            last_read: None,
+        });
+        f(memory)
+    }
+
+    /// Counts one more transient failure of the pool; returns the count.
+    pub(crate) fn count_failure(&self, key: ObjectRef<QueueWorkerPool>) -> u32 {
+        let mut failures = self.failures.lock().expect("failure count lock");
+        let count = failures.entry(key).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    pub(crate) fn clear_failures(&self, key: &ObjectRef<QueueWorkerPool>) {
+        self.failures
+            .lock()
+            .expect("failure count lock")
+            .remove(key);
+    }
+
+    /// Forgets pools that no longer exist (their memory and metric series).
+    pub fn forget_missing(&self, store: &Store<QueueWorkerPool>) {
+        let mut pools = self.pools.lock().expect("pool memory lock");
+        self.failures
+            .lock()
+            .expect("failure count lock")
+            .retain(|key, _| store.get(key).is_some());
+        pools.retain(|key, _| {
+            let keep = store.get(key).is_some();
+            if !keep {
+                self.metrics
+                    .forget_pool(key.namespace.as_deref().unwrap_or_default(), &key.name);
+            }
+            keep
+        });
+    }
+}
+
+/// A pool that passed [`validate::spec`], with what every later step reads of it.
+pub struct ValidPool<'a> {
+    pub resource: &'a QueueWorkerPool,
+    pub namespace: String,
+    pub name: String,
+    pub key: ObjectRef<QueueWorkerPool>,
+    pub policy: ScalingPolicy,
+    /// Time between two queue reads (`pollIntervalSeconds`).
+    pub poll: Duration,
+}
