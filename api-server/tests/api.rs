@@ -863,15 +863,39 @@ async fn health_readiness_and_metrics() {
     server.shutdown().await;
 }
 
+/// Reads the server's JSON log up to its "listening" line and returns the port it names; the
+/// rest of the log is drained in the background, so the server never blocks on a full pipe.
+async fn listening_port(child: &mut tokio::process::Child) -> u16 {
+    use tokio::io::AsyncBufReadExt;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let address = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read the server's log") {
+            let json: Value = serde_json::from_str(&line).unwrap_or_default();
+            if json["message"] == "qwp-api-server listening" {
+                return json["address"].as_str().map(str::to_string);
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server logged that it listens within 30 s")
+    .expect("the server logs `qwp-api-server listening` with its address");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    address
+        .parse::<SocketAddr>()
+        .unwrap_or_else(|e| panic!("listening address {address:?}: {e}"))
+        .port()
+}
+
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight_then_exits() {
     let stack = TestStack::new("api-sigterm", TestStackOptions::default()).await;
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qwp-api-server"))
-        .env("PORT", port.to_string())
+        // Port 0: the server binds a free port and logs the address it bound, read below; no
+        // port is picked for it that another process could take first.
+        .env("PORT", "0")
+        .env("LOG_FORMAT", "json")
         .env(
             "AWS_ENDPOINT_URL",
             stack.config.aws_endpoint_url.as_deref().unwrap(),
@@ -880,10 +904,11 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         .env("S3_OUT_BUCKET", &stack.config.s3_out_bucket)
         .env("SQS_QUEUE_URL", &stack.queue_url)
         .env("MAX_WAIT_SECONDS", "60")
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("start qwp-api-server");
+    let port = listening_port(&mut child).await;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -29,10 +29,12 @@ async fn run() -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))
         .with_context(|| format!("looking up queue {}", config.sqs_req_queue_name))?;
 
-    let admin_addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, settings.admin_port));
-    let listener = tokio::net::TcpListener::bind(admin_addr)
+    let requested = SocketAddr::from((Ipv4Addr::UNSPECIFIED, settings.admin_port));
+    let listener = tokio::net::TcpListener::bind(requested)
         .await
-        .with_context(|| format!("binding the admin port {admin_addr}"))?;
+        .with_context(|| format!("binding the admin port {requested}"))?;
+    // The address bound: the port picked when WORKER_ADMIN_PORT is 0.
+    let admin_addr = listener.local_addr().context("reading the admin address")?;
     // Installed before the first receive, so a SIGTERM at any moment drains cleanly.
     let shutdown = signals::shutdown_token().context("installing signal handlers")?;
 

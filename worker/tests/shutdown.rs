@@ -100,17 +100,14 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    fn spawn(
+    /// Starts the binary on admin port 0 and reads the port it bound from its log, so no
+    /// port is picked for it that another process could take first.
+    async fn spawn(
         stack: &TestStack,
         concurrency: usize,
         sleep_seconds: u64,
         drain_seconds: u64,
     ) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let log = tempfile::NamedTempFile::new().unwrap();
         let config = &stack.config;
         let child = Command::new(env!("CARGO_BIN_EXE_qwp-worker"))
@@ -134,18 +131,42 @@ impl WorkerProcess {
             .env("WORKER_SLEEP_SECONDS", sleep_seconds.to_string())
             .env("WORKER_CONCURRENCY", concurrency.to_string())
             .env("WORKER_DRAIN_SECONDS", drain_seconds.to_string())
-            .env("WORKER_ADMIN_PORT", port.to_string())
+            .env("WORKER_ADMIN_PORT", "0")
             .env("LOG_FORMAT", "json")
             .stdout(log.reopen().unwrap())
             .stderr(log.reopen().unwrap())
             .stdin(Stdio::null())
             .spawn()
             .expect("start target/debug/qwp-worker");
-        WorkerProcess {
+        let mut worker = WorkerProcess {
             child,
-            admin_url: format!("http://127.0.0.1:{port}"),
+            admin_url: String::new(),
             log,
-        }
+        };
+        let port = poll_until("the binary to log its admin address", || {
+            let port = worker.admin_port();
+            if port.is_none()
+                && let Some(exit) = worker.child.try_wait().unwrap()
+            {
+                panic!("worker exited ({exit}); logs:\n{}", worker.logs());
+            }
+            std::future::ready(port)
+        })
+        .await;
+        worker.admin_url = format!("http://127.0.0.1:{port}");
+        worker
+    }
+
+    /// The port in the "admin port listening" line of the log, once it is there.
+    fn admin_port(&self) -> Option<u16> {
+        self.logs().lines().find_map(|line| {
+            let json: serde_json::Value = serde_json::from_str(line).ok()?;
+            if json["message"] != "admin port listening" {
+                return None;
+            }
+            let address: std::net::SocketAddr = json["admin_addr"].as_str()?.parse().ok()?;
+            Some(address.port())
+        })
     }
 
     async fn status(&self) -> Option<Status> {
@@ -198,7 +219,7 @@ async fn sigterm_to_the_binary_mid_batch_loses_no_job() {
     let stack = stack("w-sigterm", 120, None).await;
     let ids = seed_slow_jobs(&stack, 9).await;
 
-    let mut first = WorkerProcess::spawn(&stack, 3, 8, 1);
+    let mut first = WorkerProcess::spawn(&stack, 3, 8, 1).await;
     let busy = poll_until("the binary to run three jobs", || async {
         first.status().await.filter(|s| s.in_flight == 3)
     })
@@ -234,7 +255,7 @@ async fn sigterm_to_the_binary_mid_batch_loses_no_job() {
         "logs carry the job id:\n{logs}"
     );
 
-    let mut second = WorkerProcess::spawn(&stack, 9, 1, 20);
+    let mut second = WorkerProcess::spawn(&stack, 9, 1, 20).await;
     let results = wait_for_results(&stack, &ids).await;
     assert!(
         results.values().all(|r| r.is_done()),
