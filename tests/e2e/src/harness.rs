@@ -6,7 +6,6 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -75,8 +74,6 @@ where
         logs: logs.clone(),
     };
     let outcome = tokio::spawn(body(env)).await;
-    // Give log streams a moment to deliver the last lines before stopping them.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     logs.stop();
 
     let failed = outcome.is_err();
@@ -162,11 +159,33 @@ pub async fn dump(test: &str, ns: &str) {
             out.stderr
         ));
     }
+    // Pods still there: their logs up to now, read afresh (the collector stopped following
+    // them when the test ended); pods gone: the lines collected while they ran.
+    let current = cmd::run_async("kubectl", args(&["-n", ns, "get", "pods", "-o", "name"])).await;
+    let current: Vec<String> = current
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("pod/"))
+        .map(str::to_string)
+        .collect();
+    for pod in &current {
+        let argv = args(&["-n", ns, "logs", pod, "--all-containers", "--tail=60"]);
+        let out = cmd::run_async("kubectl", argv).await;
+        text.push_str(&format!(
+            "==== last lines of pod {pod}\n{}{}",
+            out.stdout, out.stderr
+        ));
+    }
     if let Ok(entries) = std::fs::read_dir(dir.join("pods")) {
         for entry in entries.flatten() {
-            let content = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let path = entry.path();
+            let pod = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+            if pod.is_some_and(|pod| current.contains(&pod)) {
+                continue;
+            }
+            let content = std::fs::read_to_string(&path).unwrap_or_default();
             let tail: Vec<&str> = content.lines().rev().take(60).collect();
-            text.push_str(&format!("==== last lines of {}\n", entry.path().display()));
+            text.push_str(&format!("==== last lines of {}\n", path.display()));
             for line in tail.into_iter().rev() {
                 text.push_str(line);
                 text.push('\n');

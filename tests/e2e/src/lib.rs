@@ -1,7 +1,7 @@
 //! The end-to-end suite's support code: the settings it reads, the temporary-namespace
-//! harness, the chart install, pool and API server set-up, log collection, the fault proxy
-//! and the burst timeline. The tests are in `tests/e2e.rs` (cluster) and `tests/chart.rs`
-//! (no cluster, part of `make unit`).
+//! harness, the chart install, pool and API server set-up, log collection, the removal watch,
+//! the fault proxy and the burst timeline. The tests are in `tests/e2e.rs` (cluster) and
+//! `tests/chart.rs` (no cluster, part of `make unit`).
 
 pub mod api_server;
 pub mod cmd;
@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod logs;
 pub mod pool;
 pub mod proxy;
+pub mod removals;
 pub mod settings;
 pub mod timeline;
 pub mod wait;

@@ -1,8 +1,10 @@
 //! Follows the logs of every pod in a namespace while a test runs, so the lines of pods that
-//! are deleted (scale-down, kills) are still there to count and to dump. Lines are kept in
-//! memory and written to `<dir>/<pod>.log`.
+//! are deleted (scale-down, kills) are still there to count and to dump. Pods are found from a
+//! watch stream, so a pod is followed as soon as its container runs, however briefly it lives;
+//! a follow reads the container's log from its start. Lines are kept in memory and written to
+//! `<dir>/<pod>.log`.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,9 +12,11 @@ use std::time::Duration;
 
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, LogParams};
+use kube::api::{Api, LogParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 #[derive(Clone)]
@@ -23,6 +27,18 @@ pub struct LogCollector {
 struct Inner {
     lines: Mutex<Vec<PodLine>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Each followed pod's stream, by pod name; waiters subscribe to changes.
+    streams: watch::Sender<HashMap<String, Stream>>,
+}
+
+/// Where the log stream of one pod is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Following,
+    /// The container stopped and every line it wrote has been read.
+    Ended,
+    /// The stream could not be opened or broke off: lines may be missing.
+    Failed(String),
 }
 
 #[derive(Clone, Debug)]
@@ -49,30 +65,28 @@ impl LogCollector {
             inner: Arc::new(Inner {
                 lines: Mutex::new(Vec::new()),
                 tasks: Mutex::new(Vec::new()),
+                streams: watch::channel(HashMap::new()).0,
             }),
         };
         let pods: Api<Pod> = Api::namespaced(client, ns);
         let this = collector.clone();
         let discover = tokio::spawn(async move {
             let mut following: HashSet<String> = HashSet::new();
-            loop {
-                if let Ok(list) = pods.list(&ListParams::default()).await {
-                    for pod in list {
-                        let uid = pod.uid().unwrap_or_default();
-                        if following.contains(&uid) || !has_started(&pod) {
-                            continue;
-                        }
-                        following.insert(uid);
-                        let task = tokio::spawn(follow(
-                            pods.clone(),
-                            pod.name_any(),
-                            this.clone(),
-                            dir.clone(),
-                        ));
-                        this.inner.tasks.lock().expect("tasks lock").push(task);
-                    }
+            let events = watcher(pods.clone(), watcher::Config::default())
+                .default_backoff()
+                .touched_objects();
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                let Ok(pod) = event else { continue };
+                let uid = pod.uid().unwrap_or_default();
+                if following.contains(&uid) || !has_started(&pod) {
+                    continue;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                following.insert(uid);
+                let name = pod.name_any();
+                this.set_stream(&name, Stream::Following);
+                let task = tokio::spawn(follow(pods.clone(), name, this.clone(), dir.clone()));
+                this.inner.tasks.lock().expect("tasks lock").push(task);
             }
         });
         collector
@@ -84,6 +98,8 @@ impl LogCollector {
         collector
     }
 
+    /// Stops following. Streams of pods still running stop where they are (the failure dump
+    /// reads those pods' logs afresh).
     pub fn stop(&self) {
         for task in self.inner.tasks.lock().expect("tasks lock").drain(..) {
             task.abort();
@@ -106,6 +122,42 @@ impl LogCollector {
             .collect()
     }
 
+    /// Waits until the log of each of `pods` has been read to its end (their containers
+    /// stopped), so counts taken from the lines miss nothing. Panics when a pod's stream
+    /// failed or is not complete within `timeout`.
+    pub async fn wait_complete(&self, pods: &[String], timeout: Duration) {
+        let mut streams = self.inner.streams.subscribe();
+        let complete = tokio::time::timeout(
+            timeout,
+            streams.wait_for(|streams| {
+                pods.iter()
+                    .all(|pod| matches!(streams.get(pod), Some(Stream::Ended | Stream::Failed(_))))
+            }),
+        )
+        .await;
+        let streams = self.inner.streams.borrow().clone();
+        let states: BTreeMap<&String, Option<&Stream>> =
+            pods.iter().map(|pod| (pod, streams.get(pod))).collect();
+        assert!(
+            complete.is_ok(),
+            "the logs of these pods were not read to their end within {timeout:?}: {states:?}"
+        );
+        let failed: Vec<_> = states
+            .iter()
+            .filter(|(_, state)| matches!(state, Some(Stream::Failed(_))))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "lines of these pods may be missing: {failed:?}"
+        );
+    }
+
+    fn set_stream(&self, pod: &str, stream: Stream) {
+        self.inner.streams.send_modify(|streams| {
+            streams.insert(pod.to_string(), stream);
+        });
+    }
+
     fn push(&self, pod: &str, line: String) {
         self.inner.lines.lock().expect("lines lock").push(PodLine {
             pod: pod.to_string(),
@@ -114,7 +166,8 @@ impl LogCollector {
     }
 }
 
-fn has_started(pod: &Pod) -> bool {
+/// Whether a container of the pod runs or has run: from then on it has a log to read.
+pub fn has_started(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
@@ -132,18 +185,29 @@ async fn follow(pods: Api<Pod>, name: String, collector: LogCollector, dir: Path
         follow: true,
         ..LogParams::default()
     };
-    let Ok(stream) = pods.log_stream(&name, &params).await else {
-        return;
+    let stream = match pods.log_stream(&name, &params).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            collector.set_stream(&name, Stream::Failed(format!("open: {e}")));
+            return;
+        }
     };
     let _ = std::fs::create_dir_all(&dir);
     let mut file = std::fs::File::create(dir.join(format!("{name}.log"))).ok();
     let mut lines = stream.lines();
-    while let Some(Ok(line)) = lines.next().await {
-        if let Some(f) = file.as_mut() {
-            let _ = writeln!(f, "{line}");
+    let end = loop {
+        match lines.next().await {
+            None => break Stream::Ended,
+            Some(Err(e)) => break Stream::Failed(format!("read: {e}")),
+            Some(Ok(line)) => {
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+                collector.push(&name, line);
+            }
         }
-        collector.push(&name, line);
-    }
+    };
+    collector.set_stream(&name, end);
 }
 
 /// Job ids whose "job started" line says the message had been received before.

@@ -3,9 +3,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Client;
 use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
 use qwp_operator::crd::{QueueWorkerPool, QueueWorkerPoolStatus};
 
 /// Calls `check` every `every` until it returns `Some`, or panics after `timeout` naming
@@ -55,6 +57,31 @@ pub async fn replicas(client: &Client, ns: &str, name: &str) -> (i32, i32) {
                 .unwrap_or(0),
         ),
     }
+}
+
+/// The Deployment's `spec.replicas` (0 while it is absent) from a watch stream: its value when
+/// the stream starts, then every change, so no change is missed between two looks.
+pub fn replica_changes(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> impl Stream<Item = i32> + Send + use<> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    watcher(
+        deployments,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff()
+    .applied_objects()
+    // The watcher retries errors itself and re-lists; nothing to do with them here.
+    .filter_map(|deployment| async move { deployment.ok() })
+    .map(|d| d.spec.and_then(|s| s.replicas).unwrap_or(0))
+    .scan(None, |last, replicas| {
+        let changed = *last != Some(replicas);
+        *last = Some(replicas);
+        futures::future::ready(Some(changed.then_some(replicas)))
+    })
+    .filter_map(futures::future::ready)
 }
 
 /// The status of condition `type_` ("True"/"False"/"Unknown") on the pool.

@@ -3,7 +3,6 @@
 //! with its own queue and buckets; run them one at a time (`--test-threads=1`): they share
 //! the operator, and test 5 restarts it.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,8 +18,9 @@ use qwp_e2e::jobs::{assert_all_done, result_keys, submit_direct};
 use qwp_e2e::logs::{handed_back_jobs, redelivered_jobs};
 use qwp_e2e::pool::{PoolOptions, create_aws_secret, create_pool, pool_object};
 use qwp_e2e::proxy::OutageProxy;
+use qwp_e2e::removals::{Removal, RemovalWatch, is_ready};
 use qwp_e2e::timeline::{Sample, render_png, to_csv};
-use qwp_e2e::wait::{condition, pool_status, replicas, until};
+use qwp_e2e::wait::{condition, pool_status, replica_changes, replicas, until};
 use qwp_e2e::{Settings, TestEnv, with_temp_ns};
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_operator::crd::QueueWorkerPool;
@@ -256,24 +256,28 @@ async fn t2_invalid_pools_are_refused_with_readable_messages() {
     .await;
 }
 
-/// Samples queue depth (SQS), desired (pool status) and ready (Deployment) every second
-/// until `stop` is set.
+/// Samples queue depth (SQS), desired (pool status) and ready (Deployment) every second;
+/// once `stop` is set, ends with the first sample that shows the pool at rest (nothing
+/// queued, nothing desired or ready), so the timeline ends where the burst did.
 fn spawn_sampler(
     client: Client,
     ns: String,
     pool: String,
     stack: Arc<TestStack>,
     started: Instant,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Vec<Sample>> {
     tokio::spawn(async move {
-        let mut samples = Vec::new();
+        let mut samples: Vec<Sample> = Vec::new();
         let mut tick = tokio::time::interval(SECOND);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => break,
+            let at_rest = samples
+                .last()
+                .is_some_and(|s| (s.visible, s.in_flight, s.desired, s.ready) == (0, 0, 0, 0));
+            if *stop.borrow() && at_rest {
+                break;
             }
+            tick.tick().await;
             let (visible, in_flight) = stack.queue_depth().await;
             let desired = pool_status(&client, &ns, &pool)
                 .await
@@ -353,9 +357,11 @@ async fn t3_burst_of_500_jobs_scales_out_completes_and_scales_back() {
         .await;
         let scale_down_seconds = drained_at.elapsed().as_secs_f64();
         wait_replicas(&env, "burst", 0, false, Duration::from_secs(30)).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
         stop_tx.send_replace(true);
-        let samples = sampler.await.expect("sampler");
+        let samples = tokio::time::timeout(Duration::from_secs(30), sampler)
+            .await
+            .expect("the sampler saw the pool at rest")
+            .expect("sampler");
 
         assert_all_done(&stack, &ids).await;
         let peak_desired = samples.iter().map(|s| s.desired).max().unwrap_or(0);
@@ -392,77 +398,6 @@ async fn t3_burst_of_500_jobs_scales_out_completes_and_scales_back() {
     .await;
 }
 
-/// A pod's deletion-cost annotation (0 when absent).
-fn deletion_cost(pod: &Pod) -> i64 {
-    pod.annotations()
-        .get(qwp_operator::deletion_cost::DELETION_COST_ANNOTATION)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-/// Each pod the ReplicaSet chose to delete: its cost and readiness then, and the lowest cost
-/// among the ready pods it kept.
-#[derive(Debug, Clone)]
-struct Removal {
-    pod: String,
-    cost: i64,
-    ready: bool,
-    lowest_kept_cost: Option<i64>,
-}
-
-fn spawn_removal_watch(
-    client: Client,
-    ns: String,
-    mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<Vec<Removal>> {
-    tokio::spawn(async move {
-        let pods: Api<Pod> = Api::namespaced(client, &ns);
-        let mut seen: BTreeMap<String, ()> = BTreeMap::new();
-        let mut removals = Vec::new();
-        loop {
-            if *stop.borrow() {
-                break;
-            }
-            if let Ok(list) = pods
-                .list(&ListParams::default().labels("queueworker.io/pool"))
-                .await
-            {
-                let (deleting, kept): (Vec<&Pod>, Vec<&Pod>) = list
-                    .items
-                    .iter()
-                    .partition(|p| p.metadata.deletion_timestamp.is_some());
-                let lowest_kept_cost = kept
-                    .iter()
-                    .filter(|p| is_ready(p))
-                    .map(|p| deletion_cost(p))
-                    .min();
-                for pod in deleting {
-                    if seen.insert(pod.name_any(), ()).is_none() {
-                        removals.push(Removal {
-                            pod: pod.name_any(),
-                            cost: deletion_cost(pod),
-                            ready: is_ready(pod),
-                            lowest_kept_cost,
-                        });
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                _ = stop.changed() => {}
-            }
-        }
-        removals
-    })
-}
-
 /// 4. Scale-down safety: jobs of 2–20 s on single-slot pods, scale-down without a
 /// stabilization window, so the pool shrinks while some pods are still busy. No job is lost;
 /// the pods removed were the idle ones (deletion cost); interruptions and redeliveries are
@@ -483,16 +418,17 @@ async fn t4_scale_down_loses_no_job_and_removes_idle_pods_first() {
         // it, so removing busy pods would show up as interruptions.
         options.drain_seconds = 2;
         create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let watcher = spawn_removal_watch(env.client.clone(), env.ns.clone(), stop_rx);
+        let removal_watch = RemovalWatch::start(&env.client, &env.ns, "shrink").await;
 
         let ids = submit_direct(&stack, JOBS).await;
         wait_results(&stack, JOBS, Duration::from_secs(300)).await;
         wait_drained(&stack, Duration::from_secs(60)).await;
         wait_replicas(&env, "shrink", 0, false, Duration::from_secs(60)).await;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        stop_tx.send_replace(true);
-        let removals = watcher.await.expect("removal watcher");
+        // Every pod gone, each removal seen; then every line those pods logged read, so the
+        // counts below come from complete logs.
+        let removals = removal_watch.finish(Duration::from_secs(60)).await;
+        let ran: Vec<String> = removals.iter().filter(|r| r.ran).map(|r| r.pod.clone()).collect();
+        env.logs.wait_complete(&ran, Duration::from_secs(30)).await;
 
         assert_all_done(&stack, &ids).await;
         let interrupted = handed_back_jobs(&env.logs);
@@ -503,10 +439,12 @@ async fn t4_scale_down_loses_no_job_and_removes_idle_pods_first() {
             .collect();
         let shrinking: Vec<&Removal> = removals.iter().filter(|r| r.lowest_kept_cost.is_some()).collect();
         eprintln!(
-            "[e2e] scale-down: {JOBS} jobs, all stored; {} pods removed ({} while others kept running), \
-             {} jobs interrupted and handed back, {} redelivered; removed (pod: its cost / lowest cost kept): {}",
+            "[e2e] scale-down: {JOBS} jobs, all stored; {} pods removed ({} while others kept running; the logs \
+             of all {} that ran read to their end), {} jobs interrupted and handed back, {} redelivered; removed \
+             (pod: its cost / lowest cost kept): {}",
             removals.len(),
             shrinking.len(),
+            ran.len(),
             interrupted,
             redelivered.len(),
             removals
@@ -567,13 +505,16 @@ async fn t5a_a_killed_workers_job_is_redelivered_and_completes() {
         assert_all_done(&stack, &ids).await;
         let redelivered = redelivered_jobs(&env.logs);
         assert!(redelivered.contains(&job), "the job completed without a redelivery: was the pod really killed mid-job?");
-        let finisher = env
-            .logs
-            .with_message("job done")
-            .into_iter()
-            .find(|(_, json)| qwp_e2e::logs::span_field(json, "job_id").and_then(|v| v.as_str()) == Some(job.as_str()))
-            .map(|(pod, _)| pod)
-            .expect("a 'job done' line for the job");
+        // The worker logs "job done" once the result is stored: its line may still be on its way.
+        let finisher = until("the 'job done' line of the job", Duration::from_secs(30), HALF_SECOND, || async {
+            env.logs
+                .with_message("job done")
+                .into_iter()
+                .find(|(_, json)| qwp_e2e::logs::span_field(json, "job_id").and_then(|v| v.as_str()) == Some(job.as_str()))
+                .map(|(pod, _)| pod)
+                .ok_or_else(|| "no line yet".to_string())
+        })
+        .await;
         assert_ne!(finisher, victim, "the killed pod cannot have finished the job");
         eprintln!(
             "[e2e] kill: pod {victim} killed mid-job; {finisher} completed it {completed_after:.1} s later \
@@ -602,18 +543,34 @@ async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
 
         let started = Instant::now();
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Every change of the Deployment's replicas (a watch stream), each with the visible
+        // messages of the last queue reading before it (SQS can only be read, every 500 ms).
         let spec_replicas: Arc<Mutex<Vec<(f64, i32, u64)>>> = Arc::default();
-        let recorder = {
-            let (client, ns, stack, spec_replicas, mut stop) =
-                (env.client.clone(), env.ns.clone(), stack.clone(), spec_replicas.clone(), stop_rx);
+        let (visible_tx, visible) = watch::channel(stack.queue_depth().await.0);
+        let queue_reader = {
+            let (stack, mut stop) = (stack.clone(), stop_rx.clone());
             tokio::spawn(async move {
                 while !*stop.borrow() {
-                    let (spec, _) = replicas(&client, &ns, "restart").await;
-                    let (visible, _) = stack.queue_depth().await;
-                    spec_replicas.lock().unwrap().push((started.elapsed().as_secs_f64(), spec, visible));
+                    visible_tx.send_replace(stack.queue_depth().await.0);
                     tokio::select! {
                         _ = tokio::time::sleep(HALF_SECOND) => {}
                         _ = stop.changed() => {}
+                    }
+                }
+            })
+        };
+        let recorder = {
+            let changes = replica_changes(&env.client, &env.ns, "restart");
+            let (spec_replicas, mut stop) = (spec_replicas.clone(), stop_rx);
+            tokio::spawn(async move {
+                let mut changes = std::pin::pin!(changes);
+                loop {
+                    tokio::select! {
+                        Some(spec) = changes.next() => {
+                            let visible = *visible.borrow();
+                            spec_replicas.lock().unwrap().push((started.elapsed().as_secs_f64(), spec, visible));
+                        }
+                        _ = stop.changed() => break,
                     }
                 }
             })
@@ -644,17 +601,11 @@ async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
         wait_replicas(&env, "restart", 0, false, Duration::from_secs(90)).await;
         stop_tx.send_replace(true);
         recorder.await.unwrap();
+        queue_reader.await.unwrap();
         assert_all_done(&stack, &ids).await;
 
         let series = spec_replicas.lock().unwrap().clone();
-        let changes: Vec<(f64, i32)> = series
-            .iter()
-            .fold(Vec::<(f64, i32)>::new(), |mut acc, &(t, r, _)| {
-                if acc.last().is_none_or(|&(_, last)| last != r) {
-                    acc.push((t, r));
-                }
-                acc
-            });
+        let changes: Vec<(f64, i32)> = series.iter().map(|&(t, r, _)| (t, r)).collect();
         // Up, then down: once replicas fall they never rise again during the burst.
         let first_fall = changes.windows(2).position(|w| w[1].1 < w[0].1);
         if let Some(fall) = first_fall {
@@ -663,7 +614,7 @@ async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
         }
         let fell_with_backlog: Vec<_> = series
             .windows(2)
-            .filter(|w| w[1].1 < w[0].1 && w[0].2 > 0 && w[1].0 > restarted_at)
+            .filter(|w| w[1].1 < w[0].1 && w[1].2 > 0 && w[1].0 > restarted_at)
             .collect();
         assert!(fell_with_backlog.is_empty(), "scaled down while messages were waiting after the restart: {fell_with_backlog:?}");
         eprintln!(
@@ -711,12 +662,16 @@ async fn t5c_queue_outage_holds_replicas_then_recovers() {
         })
         .await;
         let detected_after = down_at.elapsed().as_secs_f64();
-        // Hold: five polls with the queue unreadable, replicas stay at 3.
-        for _ in 0..10 {
-            let (spec, _) = replicas(&env.client, &env.ns, "outage").await;
-            assert_eq!(spec, 3, "the pool changed its replicas while the queue was unreadable");
-            tokio::time::sleep(SECOND).await;
-        }
+        // Hold: for five polls with the queue unreadable, every replica count the Deployment
+        // has (watched, so none is missed) is 3.
+        let mut held = Vec::new();
+        let changes = replica_changes(&env.client, &env.ns, "outage");
+        let _ = tokio::time::timeout(Duration::from_secs(10), changes.for_each(|spec| {
+            held.push(spec);
+            futures::future::ready(())
+        }))
+        .await;
+        assert_eq!(held, [3], "the pool changed its replicas while the queue was unreadable");
         proxy.set_up(true);
         let up_at = Instant::now();
         until("QueueReachable=True again", Duration::from_secs(60), HALF_SECOND, || async {

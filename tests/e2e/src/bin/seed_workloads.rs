@@ -18,9 +18,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use kube::runtime::WatchStreamExt;
 use qwp_e2e::api_server::{self, ApiServer};
 use qwp_e2e::install::ensure_operator_installed;
 use qwp_e2e::jobs::{remove_stack, results};
@@ -303,25 +305,30 @@ struct Tick {
 }
 
 /// Reads queue depth (SQS), desired (pool status), ready (Deployment) and the pool's pods
-/// once a second until `stop` is set.
+/// once a second; once `stop` is set, ends with the first tick that shows the pool at rest
+/// (nothing queued, desired, ready or left), so the timeline ends where the sale did.
 fn spawn_sampler(
     client: Client,
     ns: String,
     stack: Arc<TestStack>,
     started: Instant,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<Vec<Tick>> {
     tokio::spawn(async move {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
         let selector = ListParams::default().labels(&format!("{POOL_LABEL}={POOL}"));
-        let mut ticks = Vec::new();
+        let mut ticks: Vec<Tick> = Vec::new();
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = every.tick() => {}
-                _ = stop.changed() => break,
+            let at_rest = ticks.last().is_some_and(|tick| {
+                let s = tick.sample;
+                (s.visible, s.in_flight, s.desired, s.ready, tick.pods) == (0, 0, 0, 0, 0)
+            });
+            if *stop.borrow() && at_rest {
+                break;
             }
+            every.tick().await;
             let t = started.elapsed().as_secs_f64();
             let ((visible, in_flight), status, deploy, pod_list) = tokio::join!(
                 stack.queue_depth(),
@@ -497,9 +504,11 @@ async fn flash_sale(
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
     stop_tx.send_replace(true);
-    let ticks = sampler.await.expect("sampler");
+    let ticks = tokio::time::timeout(Duration::from_secs(60), sampler)
+        .await
+        .expect("the sampler saw the pool at rest")
+        .expect("sampler");
     eprintln!(
         "[seed] flash sale: pool back at 0 at {:.0} s",
         started.elapsed().as_secs_f64()
@@ -693,17 +702,26 @@ async fn upload_to_result(
     let photo = dir.join("photo.jpg");
     std::fs::write(&photo, &payload).expect("write the upload");
 
+    // The peak of desired replicas, from a watch of the pool: every status update is seen.
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let watcher = {
-        let (client, ns) = (env.client.clone(), env.ns.clone());
+        let pools: Api<QueueWorkerPool> = Api::namespaced(env.client.clone(), &env.ns);
+        let updates = kube::runtime::watcher(
+            pools,
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={POOL}")),
+        )
+        .default_backoff()
+        .applied_objects();
         tokio::spawn(async move {
+            let mut updates = std::pin::pin!(updates);
             let mut peak = 0;
             loop {
-                if let Some(s) = pool_status(&client, &ns, POOL).await {
-                    peak = peak.max(s.desired_replicas);
-                }
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    Some(pool) = updates.next() => {
+                        if let Some(status) = pool.ok().and_then(|p| p.status) {
+                            peak = peak.max(status.desired_replicas);
+                        }
+                    }
                     _ = stop_rx.changed() => break peak,
                 }
             }
