@@ -1,14 +1,17 @@
-//! Polling with a deadline, and short readers of the objects the tests look at.
+//! Polling with a deadline, watch streams of the values the tests follow, and short readers
+//! of the objects the tests look at.
 
+use std::fmt::Debug;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Client;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
 use qwp_operator::crd::{QueueWorkerPool, QueueWorkerPoolStatus};
+use serde::de::DeserializeOwned;
 
 /// Calls `check` every `every` until it returns `Some`, or panics after `timeout` naming
 /// `what` and the last state `check` described.
@@ -59,29 +62,85 @@ pub async fn replicas(client: &Client, ns: &str, name: &str) -> (i32, i32) {
     }
 }
 
-/// The Deployment's `spec.replicas` (0 while it is absent) from a watch stream: its value when
-/// the stream starts, then every change, so no change is missed between two looks.
+/// One value of the object `name`, from a watch stream: its value when the stream starts
+/// (once the object exists), then every change, so no change is missed between two looks.
+fn value_changes<K, T>(
+    api: Api<K>,
+    name: &str,
+    value: fn(K) -> T,
+) -> impl Stream<Item = T> + use<K, T>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    T: PartialEq + Clone,
+{
+    watcher(
+        api,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .default_backoff()
+    .applied_objects()
+    // The watcher retries errors itself and re-lists; nothing to do with them here.
+    .filter_map(|object| futures::future::ready(object.ok()))
+    .map(value)
+    .scan(None, |last: &mut Option<T>, value| {
+        let changed = last.as_ref() != Some(&value);
+        *last = Some(value.clone());
+        futures::future::ready(Some(changed.then_some(value)))
+    })
+    .filter_map(futures::future::ready)
+}
+
+/// The Deployment's `spec.replicas`, each value it takes ([`value_changes`]).
 pub fn replica_changes(
     client: &Client,
     ns: &str,
     name: &str,
 ) -> impl Stream<Item = i32> + Send + use<> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    watcher(
-        deployments,
-        watcher::Config::default().fields(&format!("metadata.name={name}")),
-    )
-    .default_backoff()
-    .applied_objects()
-    // The watcher retries errors itself and re-lists; nothing to do with them here.
-    .filter_map(|deployment| async move { deployment.ok() })
-    .map(|d| d.spec.and_then(|s| s.replicas).unwrap_or(0))
-    .scan(None, |last, replicas| {
-        let changed = *last != Some(replicas);
-        *last = Some(replicas);
-        futures::future::ready(Some(changed.then_some(replicas)))
+    value_changes(deployments, name, |d| {
+        d.spec.and_then(|s| s.replicas).unwrap_or(0)
     })
-    .filter_map(futures::future::ready)
+}
+
+/// The Deployment's `status.readyReplicas`, each value it takes.
+pub fn ready_replica_changes(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> impl Stream<Item = i32> + Send + use<> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    value_changes(deployments, name, |d| {
+        d.status.and_then(|s| s.ready_replicas).unwrap_or(0)
+    })
+}
+
+/// The pool's `status.desiredReplicas` (0 before it has a status), each value it takes.
+pub fn desired_replica_changes(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> impl Stream<Item = i32> + Send + use<> {
+    let pools: Api<QueueWorkerPool> = Api::namespaced(client.clone(), ns);
+    value_changes(pools, name, |p| p.status.map_or(0, |s| s.desired_replicas))
+}
+
+/// Collects what `stream` yields until `stop` is set; the stream is read from the moment
+/// this is called, in a task of its own.
+pub fn collect_until<T: Send + 'static>(
+    stream: impl Stream<Item = T> + Send + 'static,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Vec<T>> {
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut seen = Vec::new();
+        loop {
+            tokio::select! {
+                Some(item) = stream.next() => seen.push(item),
+                _ = stop.wait_for(|stop| *stop) => break,
+            }
+        }
+        seen
+    })
 }
 
 /// The status of condition `type_` ("True"/"False"/"Unknown") on the pool.

@@ -4,7 +4,7 @@
 //! the operator, and test 5 restarts it.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -20,7 +20,10 @@ use qwp_e2e::pool::{PoolOptions, create_aws_secret, create_pool, pool_object};
 use qwp_e2e::proxy::OutageProxy;
 use qwp_e2e::removals::{Removal, RemovalWatch, is_ready};
 use qwp_e2e::timeline::{Sample, render_png, to_csv};
-use qwp_e2e::wait::{condition, pool_status, replica_changes, replicas, until};
+use qwp_e2e::wait::{
+    collect_until, condition, desired_replica_changes, pool_status, ready_replica_changes,
+    replica_changes, replicas, until,
+};
 use qwp_e2e::{Settings, TestEnv, with_temp_ns};
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_operator::crd::QueueWorkerPool;
@@ -327,6 +330,10 @@ async fn t3_burst_of_500_jobs_scales_out_completes_and_scales_back() {
 
         let started = Instant::now();
         let (stop_tx, stop_rx) = watch::channel(false);
+        // The assertions read every value desired and ready take (watches); the timeline's
+        // samples are for the plot.
+        let desired_seen = collect_until(desired_replica_changes(&env.client, &env.ns, "burst"), stop_rx.clone());
+        let ready_seen = collect_until(ready_replica_changes(&env.client, &env.ns, "burst"), stop_rx.clone());
         let sampler = spawn_sampler(env.client.clone(), env.ns.clone(), "burst".into(), stack.clone(), started, stop_rx);
 
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
@@ -363,13 +370,15 @@ async fn t3_burst_of_500_jobs_scales_out_completes_and_scales_back() {
             .expect("the sampler saw the pool at rest")
             .expect("sampler");
 
+        let desired_seen = desired_seen.await.expect("desired watch");
+        let ready_seen = ready_seen.await.expect("ready watch");
+
         assert_all_done(&stack, &ids).await;
-        let peak_desired = samples.iter().map(|s| s.desired).max().unwrap_or(0);
-        let peak_ready = samples.iter().map(|s| s.ready).max().unwrap_or(0);
-        assert_eq!(samples.first().map(|s| s.desired), Some(0), "the pool did not start at 0");
-        assert_eq!(peak_desired, 8, "500 jobs at 5 per pod want the maximum, 8 pods");
+        let peak_desired = desired_seen.iter().copied().max().unwrap_or(0);
+        let peak_ready = ready_seen.iter().copied().max().unwrap_or(0);
+        assert_eq!(desired_seen.first(), Some(&0), "the pool did not start at 0: {desired_seen:?}");
+        assert_eq!(peak_desired, 8, "500 jobs at 5 per pod want the maximum, 8 pods: {desired_seen:?}");
         assert!(peak_ready >= 2, "pods never went past {peak_ready} ready");
-        assert!(samples.iter().all(|s| s.desired <= 8), "desired exceeded maxReplicas");
         // The window counts from the first poll that sees the empty queue (≤ one poll after
         // it drained); one more poll for the reconcile that applies it.
         let bound = f64::from(options.scale_down_window_seconds + 2 * options.poll_interval_seconds);
@@ -545,7 +554,6 @@ async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
         let (stop_tx, stop_rx) = watch::channel(false);
         // Every change of the Deployment's replicas (a watch stream), each with the visible
         // messages of the last queue reading before it (SQS can only be read, every 500 ms).
-        let spec_replicas: Arc<Mutex<Vec<(f64, i32, u64)>>> = Arc::default();
         let (visible_tx, visible) = watch::channel(stack.queue_depth().await.0);
         let queue_reader = {
             let (stack, mut stop) = (stack.clone(), stop_rx.clone());
@@ -559,22 +567,11 @@ async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
                 }
             })
         };
-        let recorder = {
-            let changes = replica_changes(&env.client, &env.ns, "restart");
-            let (spec_replicas, mut stop) = (spec_replicas.clone(), stop_rx);
-            tokio::spawn(async move {
-                let mut changes = std::pin::pin!(changes);
-                loop {
-                    tokio::select! {
-                        Some(spec) = changes.next() => {
-                            let visible = *visible.borrow();
-                            spec_replicas.lock().unwrap().push((started.elapsed().as_secs_f64(), spec, visible));
-                        }
-                        _ = stop.changed() => break,
-                    }
-                }
-            })
-        };
+        let recorder = collect_until(
+            replica_changes(&env.client, &env.ns, "restart")
+                .map(move |spec| (started.elapsed().as_secs_f64(), spec, *visible.borrow())),
+            stop_rx,
+        );
         let ids = submit_direct(&stack, JOBS).await;
         wait_replicas(&env, "restart", 6, false, Duration::from_secs(90)).await;
 
@@ -600,11 +597,10 @@ async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
         // Scaling resumed: the new operator brings the pool back to 0 after the window.
         wait_replicas(&env, "restart", 0, false, Duration::from_secs(90)).await;
         stop_tx.send_replace(true);
-        recorder.await.unwrap();
+        let series = recorder.await.unwrap();
         queue_reader.await.unwrap();
         assert_all_done(&stack, &ids).await;
 
-        let series = spec_replicas.lock().unwrap().clone();
         let changes: Vec<(f64, i32)> = series.iter().map(|&(t, r, _)| (t, r)).collect();
         // Up, then down: once replicas fall they never rise again during the burst.
         let first_fall = changes.windows(2).position(|w| w[1].1 < w[0].1);
