@@ -128,6 +128,9 @@ cmd_up() {
     log "starting LocalStack ${LOCALSTACK_VERSION} on $LISTEN (log: $LOG_FILE)"
     (
       cd "$STATE_DIR"
+      # No descriptor of the caller's beyond stdio, or LocalStack would hold the caller's locks
+      # (`flock /tmp/qwp-e2e.lock make e2e`) as long as it runs.
+      for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; if ((fd > 2)); then eval "exec $fd>&-"; fi; done
       # setsid: own session, so it outlives the caller's shell/terminal.
       GATEWAY_LISTEN="$LISTEN" \
       SERVICES="s3,sqs" \
