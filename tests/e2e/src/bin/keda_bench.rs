@@ -43,6 +43,8 @@ use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_jobs::{Filename, JobId, JobMessage};
 use qwp_operator::crd::{POOL_LABEL, QueueWorkerPool};
 use qwp_operator::deployment::{MANAGED_BY, build_deployment};
+use qwp_simulator::model::{self, Settings as ModelSettings};
+use qwp_simulator::policy::{KedaHpa, KedaSettings, Qwp, Scaler};
 use qwp_simulator::trace::{self, Trace};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -101,8 +103,19 @@ impl Bench {
 enum Scaling {
     /// A QueueWorkerPool with the CRD's defaults.
     Qwp,
-    /// A ScaledObject; `spec` holds the fields set beyond the target and the trigger.
-    Keda { spec: Value },
+    /// A ScaledObject; `spec` holds the fields set beyond the target and the trigger, `model`
+    /// the simulator's settings for it.
+    Keda { spec: Value, model: KedaSettings },
+}
+
+impl Scaling {
+    /// The simulator's scaler for this lane (the calibration's other half).
+    fn model(&self, trace: &Trace) -> Box<dyn Scaler> {
+        match self {
+            Scaling::Qwp => Box::new(Qwp::with_defaults(trace.concurrency, trace.max_replicas)),
+            Scaling::Keda { model, .. } => Box::new(KedaHpa::new("keda", *model)),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -137,7 +150,10 @@ fn lanes(bench: &Bench, trace: &Trace) -> Vec<Lane> {
         },
         Lane {
             name: "keda-default",
-            scaling: Scaling::Keda { spec: json!({}) },
+            scaling: Scaling::Keda {
+                spec: json!({}),
+                model: KedaSettings::defaults(trace.concurrency, trace.max_replicas),
+            },
             settings: "ScaledObject defaults: pollingInterval 30 s, cooldownPeriod 300 s, \
                        queueLength = concurrency, scaleOnInFlight (default true); HPA defaults \
                        (sync 15 s, tolerance 10 %, scale-up max(4 pods, 100 %)/15 s, \
@@ -152,6 +168,12 @@ fn lanes(bench: &Bench, trace: &Trace) -> Vec<Lane> {
                     "cooldownPeriod": bench.fast_cooldown_seconds,
                     "advanced": {"horizontalPodAutoscalerConfig": {"behavior": fast_behavior}},
                 }),
+                model: KedaSettings::fast(
+                    trace.concurrency,
+                    trace.max_replicas,
+                    u64::from(bench.fast_polling_seconds),
+                    u64::from(bench.fast_cooldown_seconds),
+                ),
             },
             settings: format!(
                 "ScaledObject tuned: pollingInterval {} s, cooldownPeriod {} s, HPA behavior \
@@ -559,7 +581,7 @@ async fn run_trace(env: TestEnv, bench: Bench, trace: Trace) {
     for (lane, stack) in lanes.iter().zip(&stacks) {
         match &lane.scaling {
             Scaling::Qwp => create_default_pool(&env, stack, lane, &trace).await,
-            Scaling::Keda { spec } => {
+            Scaling::Keda { spec, .. } => {
                 create_keda_deployment(&env, stack, lane, &trace).await;
                 create_scaled_object(&env, stack, lane, spec, &trace).await;
             }
@@ -650,7 +672,11 @@ async fn run_trace(env: TestEnv, bench: Bench, trace: Trace) {
             shutdowns,
         ));
     }
-    write_outputs(&bench, &trace, &lanes, &ticks, &results);
+    let modelled: Vec<LaneResult> = lanes
+        .iter()
+        .map(|lane| modelled(lane, &trace, &bursts))
+        .collect();
+    write_outputs(&bench, &trace, &lanes, &ticks, &results, &modelled);
     for stack in &stacks {
         remove_stack(stack).await;
     }
@@ -833,6 +859,43 @@ fn measure(
     }
 }
 
+/// The same lane in the simulator (same trace, the lane's settings, 5 s pod start-up), measured
+/// the same way; no logs there, so no scale-in counts.
+fn modelled(lane: &Lane, trace: &Trace, bursts: &[Burst]) -> LaneResult {
+    let mut scaler = lane.scaling.model(trace);
+    let outcome = model::run(trace, scaler.as_mut(), ModelSettings::default());
+    let ticks: Vec<Tick> = outcome
+        .timeline
+        .iter()
+        .map(|s| Tick {
+            sample: Sample {
+                t: s.second as f64,
+                visible: s.visible,
+                in_flight: s.in_flight,
+                desired: s.desired as i32,
+                ready: s.ready as i32,
+            },
+            pods: s.ready as usize,
+        })
+        .collect();
+    let submitted = outcome.jobs as u64;
+    let mut result = measure(
+        lane,
+        trace,
+        bursts,
+        &ticks,
+        submitted,
+        submitted,
+        outcome.drain_ms as f64 / 1000.0,
+        ScaleIn::default(),
+    );
+    result.pod_seconds = outcome.pod_seconds;
+    result.back_to_zero_s = outcome
+        .back_to_zero_ms
+        .map_or(f64::NAN, |ms| ms as f64 / 1000.0);
+    result
+}
+
 // ---------------------------------------------------------------------------------------
 // Report
 
@@ -927,9 +990,15 @@ fn write_outputs(
     lanes: &[Lane],
     ticks: &[Vec<Tick>],
     results: &[LaneResult],
+    modelled: &[LaneResult],
 ) {
     std::fs::create_dir_all(&bench.out_dir).expect("create the output directory");
-    let table = table(trace, results);
+    let table = format!(
+        "{}\nThe simulator on the same trace and settings (`qwp-simulator`, pod start-up 5 s; \
+         back to zero counted from the last result; no scale-in counts):\n\n{}",
+        table(trace, results),
+        table(trace, modelled)
+    );
     let mut notes = format!(
         "Trace `{}`: {}{}. Workers: `sleep` {} s per job, concurrency {}, 0–{} pods, queue \
          visibility timeout {VISIBILITY_TIMEOUT_SECONDS} s, drain 10 s.\n",
@@ -953,7 +1022,8 @@ fn write_outputs(
         .expect("write the table");
     std::fs::write(
         base.with_extension("json"),
-        serde_json::to_string_pretty(results).expect("results as JSON"),
+        serde_json::to_string_pretty(&json!({"measured": results, "model": modelled}))
+            .expect("results as JSON"),
     )
     .expect("write the results");
 
@@ -991,4 +1061,55 @@ fn write_outputs(
     );
     render_lanes_png(&plot, &title, &base.with_extension("png")).expect("render the plot");
     eprintln!("[keda-bench] wrote {}.{{md,json,csv,png}}", base.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench() -> Bench {
+        Bench {
+            traces: vec![],
+            spiky_bursts: 2,
+            out_dir: PathBuf::new(),
+            fast_polling_seconds: 5,
+            fast_cooldown_seconds: 60,
+        }
+    }
+
+    #[test]
+    fn schedules_follow_the_simulator_traces() {
+        let b = bench();
+        let (due, bursts) = schedule(&b.trace("flash-sale").unwrap());
+        assert_eq!(due.iter().sum::<u64>(), 2896);
+        assert_eq!(bursts.len(), 1);
+        let (due, bursts) = schedule(&b.trace("spiky").unwrap());
+        assert_eq!(bursts.len(), 2, "{bursts:?}");
+        assert_eq!(bursts[1].start, 600.0);
+        assert_eq!(due.iter().sum::<u64>(), 600);
+    }
+
+    #[test]
+    fn the_model_of_each_lane_is_measured_like_the_real_run() {
+        let b = bench();
+        let trace = b.trace("flash-sale").unwrap();
+        let (_, bursts) = schedule(&trace);
+        let lanes = lanes(&b, &trace);
+        let results: Vec<LaneResult> = lanes
+            .iter()
+            .map(|lane| modelled(lane, &trace, &bursts))
+            .collect();
+        let (qwp, keda) = (&results[0].bursts[0], &results[1].bursts[0]);
+        // qwp: 15 pods at its second poll (5 s) ready 5 s later; KEDA's HPA needs 3 steps.
+        assert_eq!(qwp.max_ready_s, 10.0);
+        assert!(keda.max_ready_s > 45.0, "{keda:?}");
+        // Nobody beats the capacity bound.
+        for r in &results {
+            assert!(
+                r.bursts[0].drain_s >= r.bursts[0].ideal_drain_s - 1.0,
+                "{r:?}"
+            );
+            assert_eq!(r.results, 2896);
+        }
+    }
 }
