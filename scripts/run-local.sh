@@ -37,6 +37,7 @@ case "${1:-}" in
   up)
     start api-server env PORT="${PORT:-8000}" "$ROOT/target/$PROFILE_DIR/qwp-api-server"
     start worker env WORKER_PROCESSOR="${WORKER_PROCESSOR:-checksum}" WORKER_ADMIN_PORT="${WORKER_ADMIN_PORT:-9090}" \
+      WORKER_FACE_MODEL_DIR="${WORKER_FACE_MODEL_DIR:-$ROOT/.cache/face/models}" \
       "$ROOT/target/$PROFILE_DIR/qwp-worker"
     for _ in $(seq 1 30); do
       curl -fsS "http://localhost:${PORT:-8000}/health" >/dev/null 2>&1 && { echo "API server ready on http://localhost:${PORT:-8000}"; exit 0; }

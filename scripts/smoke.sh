@@ -13,10 +13,17 @@ health=$(curl -fsS "$BASE_URL/health") || fail "GET /health did not answer"
 [ "$(echo "$health" | json_field status)" = "ok" ] || fail "GET /health said $health"
 echo "Health check OK"
 
-tmp=$(mktemp)
-trap 'rm -f "$tmp"' EXIT
-printf 'smoke test input %s\n' "$(date +%s%N)" > "$tmp"
-response=$(curl -sS -w '\n%{http_code}' -F "inputFile=@$tmp;filename=smoke.txt" "$BASE_URL/") || fail "POST / failed"
+# SMOKE_FILE=photo.jpg sends that file instead (e.g. to a worker with WORKER_PROCESSOR=face);
+# SMOKE_EXPECT=text then requires that result.
+if [ -n "${SMOKE_FILE:-}" ]; then
+  [ -f "$SMOKE_FILE" ] || fail "SMOKE_FILE=$SMOKE_FILE is not a file"
+  upload=$SMOKE_FILE
+else
+  upload=$(mktemp)
+  trap 'rm -f "$upload"' EXIT
+  printf 'smoke test input %s\n' "$(date +%s%N)" > "$upload"
+fi
+response=$(curl -sS -w '\n%{http_code}' -F "inputFile=@$upload;filename=$(basename "${SMOKE_FILE:-smoke.txt}")" "$BASE_URL/") || fail "POST / failed"
 code=$(echo "$response" | tail -n1)
 body=$(echo "$response" | sed '$d')
 job_id=$(echo "$body" | json_field job_id)
@@ -32,5 +39,7 @@ done
 status=$(echo "$body" | json_field status)
 [ "$status" = "done" ] || fail "job $job_id ended with status '$status': $body"
 echo "Upload OK, job_id=$job_id, status=done"
-echo "Result: $(echo "$body" | json_field result)"
+result=$(echo "$body" | json_field result)
+echo "Result: $result"
+[ -z "${SMOKE_EXPECT:-}" ] || [ "$result" = "$SMOKE_EXPECT" ] || fail "expected the result '$SMOKE_EXPECT', got '$result'"
 echo "PASS"

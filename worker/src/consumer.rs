@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::face::FaceRecognizer;
 use crate::job::{self, JobContext, JobObserver, NoObserver};
 use crate::metrics::{Metrics, Outcome};
 use crate::processor::Processor;
@@ -38,6 +39,7 @@ pub struct Worker {
     settings: Settings,
     metrics: Arc<Metrics>,
     observer: Arc<dyn JobObserver>,
+    face: Option<Arc<FaceRecognizer>>,
 }
 
 /// A message whose task has not settled it yet: what shutdown hands back.
@@ -79,12 +81,19 @@ impl Worker {
             metrics: Arc::new(Metrics::new(settings.concurrency)),
             settings,
             observer: Arc::new(NoObserver),
+            face: None,
         })
     }
 
     /// Replaces the (no-op) observer; tests and the benchmark count jobs with it.
     pub fn with_observer(mut self, observer: Arc<dyn JobObserver>) -> Self {
         self.observer = observer;
+        self
+    }
+
+    /// The started face processor, for `WORKER_PROCESSOR=face`.
+    pub fn with_face(mut self, face: Arc<FaceRecognizer>) -> Self {
+        self.face = Some(face);
         self
     }
 
@@ -96,7 +105,7 @@ impl Worker {
     /// Consumes until `shutdown` is cancelled, then drains: in-flight jobs get
     /// `WORKER_DRAIN_SECONDS` to finish, the rest are handed back (visibility 0).
     pub async fn run(self, shutdown: CancellationToken) {
-        let processor = Processor::new(self.settings.processor.clone());
+        let processor = Processor::new(self.settings.processor.clone()).with_face(self.face);
         info!(
             concurrency = self.settings.concurrency,
             processor = processor.kind(),

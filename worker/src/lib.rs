@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod face;
 pub mod job;
 pub mod metrics;
 pub mod processor;

@@ -5,6 +5,8 @@ use anyhow::Context;
 use qwp_jobs::Config;
 use qwp_jobs::aws::AwsClients;
 use qwp_runtime::signals;
+use qwp_worker::face::FaceRecognizer;
+use qwp_worker::settings::ProcessorSettings;
 use qwp_worker::{CancellationToken, Settings, Worker, admin};
 
 #[tokio::main]
@@ -38,7 +40,22 @@ async fn run() -> anyhow::Result<()> {
     // Installed before the first receive, so a SIGTERM at any moment drains cleanly.
     let shutdown = signals::shutdown_token().context("installing signal handlers")?;
 
-    let worker = Worker::new(&config, settings, &clients, queue_url)?;
+    let face = match &settings.processor {
+        ProcessorSettings::Face(face) => {
+            let recognizer = FaceRecognizer::start(face, &clients.s3, &config.s3_in_bucket).await?;
+            if !face.refresh.is_zero() {
+                recognizer
+                    .clone()
+                    .spawn_refresher(face.refresh, shutdown.clone());
+            }
+            Some(recognizer)
+        }
+        _ => None,
+    };
+    let mut worker = Worker::new(&config, settings, &clients, queue_url)?;
+    if let Some(face) = face {
+        worker = worker.with_face(face);
+    }
     let metrics = worker.metrics();
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(listener, metrics, {

@@ -3,6 +3,7 @@
 //! so the message goes back to the queue.
 
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use qwp_jobs::JobMessage;
@@ -10,6 +11,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use crate::face::FaceRecognizer;
 use crate::settings::{ProcessorSettings, SleepDuration};
 
 /// Bigger outputs are refused rather than stored in a result document.
@@ -28,14 +30,24 @@ pub enum ProcessError {
     Transient(String),
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Processor {
     settings: ProcessorSettings,
+    /// The loaded models and gallery of the `face` processor ([`Processor::with_face`]).
+    face: Option<Arc<FaceRecognizer>>,
 }
 
 impl Processor {
     pub fn new(settings: ProcessorSettings) -> Self {
-        Processor { settings }
+        Processor {
+            settings,
+            face: None,
+        }
+    }
+
+    pub fn with_face(mut self, face: Option<Arc<FaceRecognizer>>) -> Self {
+        self.face = face;
+        self
     }
 
     /// Short name for logs and metrics.
@@ -44,6 +56,7 @@ impl Processor {
             ProcessorSettings::Sleep(_) => "sleep",
             ProcessorSettings::Checksum => "checksum",
             ProcessorSettings::Command { .. } => "command",
+            ProcessorSettings::Face(_) => "face",
         }
     }
 
@@ -54,6 +67,12 @@ impl Processor {
             ProcessorSettings::Command { argv, timeout } => {
                 run_command(argv, *timeout, job, input).await
             }
+            ProcessorSettings::Face(_) => match &self.face {
+                Some(face) => face.recognise(input).await,
+                None => Err(ProcessError::Transient(
+                    "the face processor was not started (FaceRecognizer::start)".into(),
+                )),
+            },
         }
     }
 }

@@ -5,6 +5,11 @@ use std::time::Duration;
 
 use qwp_jobs::config::{ConfigError, Vars};
 
+use crate::face::{FaceSettings, GallerySource};
+
+/// Where the worker image puts the face models (hack/cluster/images.sh).
+pub const DEFAULT_FACE_MODEL_DIR: &str = "/usr/local/share/qwp/face-models";
+
 /// How long the `sleep` processor pretends to work: fixed, or uniformly random in a range.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum SleepDuration {
@@ -51,6 +56,8 @@ pub enum ProcessorSettings {
         argv: Vec<String>,
         timeout: Duration,
     },
+    /// The person in a photo, named from a gallery of reference photos (docs/worker.md).
+    Face(FaceSettings),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -114,11 +121,12 @@ impl Settings {
                     timeout: Duration::from_secs(timeout),
                 }
             }
+            "face" => ProcessorSettings::Face(face_settings(vars)?),
             other => {
                 return Err(ConfigError {
                     name: "WORKER_PROCESSOR".into(),
                     value: other.into(),
-                    reason: "must be one of sleep, checksum, command".into(),
+                    reason: "must be one of sleep, checksum, command, face".into(),
                 });
             }
         };
@@ -150,6 +158,47 @@ impl Settings {
             .saturating_mul(1u32 << doublings)
             .min(self.retry_max)
     }
+}
+
+fn face_settings(vars: &Vars) -> Result<FaceSettings, ConfigError> {
+    let defaults = qwp_face::Limits::default();
+    Ok(FaceSettings {
+        model_dir: vars
+            .string("WORKER_FACE_MODEL_DIR", DEFAULT_FACE_MODEL_DIR)
+            .into(),
+        gallery: vars.parse_with(
+            "WORKER_FACE_GALLERY",
+            GallerySource::S3 {
+                bucket: None,
+                prefix: "gallery/".into(),
+            },
+            GallerySource::parse,
+        )?,
+        threshold: vars.parse_with(
+            "WORKER_FACE_THRESHOLD",
+            qwp_face::gallery::DEFAULT_THRESHOLD,
+            |raw| {
+                raw.trim()
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|t| (-1.0..=1.0).contains(t))
+                    .ok_or_else(|| "must be a cosine similarity between -1 and 1".to_string())
+            },
+        )?,
+        refresh: Duration::from_secs(vars.parse_in(
+            "WORKER_FACE_GALLERY_REFRESH_SECONDS",
+            30,
+            0..=86_400,
+        )?),
+        limits: qwp_face::Limits {
+            max_side: vars.parse_in("WORKER_FACE_MAX_SIDE", defaults.max_side, 64..=65_535)?,
+            max_pixels: vars.parse_in(
+                "WORKER_FACE_MAX_PIXELS",
+                defaults.max_pixels,
+                4096..=400_000_000,
+            )?,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -223,6 +272,42 @@ mod tests {
         let err =
             settings(&[("WORKER_PROCESSOR", "command"), ("WORKER_COMMAND", "a 'b")]).unwrap_err();
         assert_eq!(err.name, "WORKER_COMMAND");
+    }
+
+    #[test]
+    fn face_has_defaults_and_takes_a_gallery() {
+        let s = settings(&[("WORKER_PROCESSOR", "face")]).unwrap();
+        let ProcessorSettings::Face(face) = s.processor else {
+            panic!("{:?}", s.processor)
+        };
+        assert_eq!(face.model_dir, std::path::Path::new(DEFAULT_FACE_MODEL_DIR));
+        assert_eq!(
+            face.gallery,
+            GallerySource::S3 {
+                bucket: None,
+                prefix: "gallery/".into()
+            }
+        );
+        assert_eq!(face.refresh, Duration::from_secs(30));
+        let s = settings(&[
+            ("WORKER_PROCESSOR", "face"),
+            ("WORKER_FACE_GALLERY", "/srv/people"),
+            ("WORKER_FACE_THRESHOLD", "0.5"),
+        ])
+        .unwrap();
+        let ProcessorSettings::Face(face) = s.processor else {
+            panic!()
+        };
+        assert_eq!(face.gallery, GallerySource::Dir("/srv/people".into()));
+        assert_eq!(face.threshold, 0.5);
+        for (name, value) in [
+            ("WORKER_FACE_THRESHOLD", "2"),
+            ("WORKER_FACE_MAX_SIDE", "10"),
+            ("WORKER_FACE_GALLERY_REFRESH_SECONDS", "soon"),
+        ] {
+            let err = settings(&[("WORKER_PROCESSOR", "face"), (name, value)]).unwrap_err();
+            assert_eq!(err.name, name, "{value}: {err}");
+        }
     }
 
     #[test]

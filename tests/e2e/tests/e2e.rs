@@ -842,3 +842,107 @@ async fn t7_chart_api_server_and_sample_pool_answer_the_seed_request() {
     })
     .await;
 }
+
+/// Photos of one person of dlib's johns set (`make face-fetch`), sorted.
+fn johns_photos(person: &str) -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/face/photos/johns")
+        .join(person);
+    let mut photos: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (make face-fetch)", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    photos.sort();
+    photos
+}
+
+/// 8. The seed system's own workload: a pool with the face processor (the worker image
+/// carries the models) names the person in a photo sent to the chart's API server, from a
+/// gallery under `gallery/` in the input bucket. Also prints the upload→result latency
+/// (docs/benchmarks.md compares it with the seed's ~0.96 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t8_face_pool_names_the_person_in_a_posted_photo() {
+    ensure_operator_installed();
+    with_temp_ns("t8_face", |env| async move {
+        let stack = stack("e2e-face", 60).await;
+        for person in ["John_Salley", "John_Savage"] {
+            for photo in &johns_photos(person)[..2] {
+                let key = format!(
+                    "gallery/{}/{}",
+                    person.replace('_', " "),
+                    photo.file_name().unwrap().to_string_lossy()
+                );
+                stack
+                    .clients
+                    .s3
+                    .put_object()
+                    .bucket(&stack.config.s3_in_bucket)
+                    .key(key)
+                    .body(std::fs::read(photo).unwrap().into())
+                    .send()
+                    .await
+                    .expect("upload a gallery photo");
+            }
+        }
+        create_aws_secret(&env.client, &env.ns).await;
+        let api = api_server::install_with(
+            &env,
+            &stack,
+            &[
+                "samplePool.enabled=true",
+                "samplePool.processor=face",
+                "samplePool.pollIntervalSeconds=2",
+                "samplePool.resources.limits.memory=512Mi",
+                "apiServer.maxWaitSeconds=60",
+            ],
+        )
+        .await;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap();
+        let post = |name: &'static str, photo: Vec<u8>| {
+            let http = http.clone();
+            let url = format!("{}/", api.base_url);
+            async move {
+                let form = reqwest::multipart::Form::new().part(
+                    "inputFile",
+                    reqwest::multipart::Part::bytes(photo).file_name(name),
+                );
+                let started = Instant::now();
+                let response = http
+                    .post(url)
+                    .multipart(form)
+                    .send()
+                    .await
+                    .expect("POST / to the chart's API server");
+                let status = response.status();
+                let answer: serde_json::Value = response.json().await.expect("a JSON answer");
+                (status, answer, started.elapsed())
+            }
+        };
+        // From zero replicas: the pool wakes, the worker loads the models and the gallery.
+        let photo = std::fs::read(&johns_photos("John_Salley")[6]).unwrap();
+        let (status, answer, cold) = post("salley.jpg", photo).await;
+        assert_eq!(status, 200, "no result within MAX_WAIT_SECONDS: {answer}");
+        assert_eq!(answer["status"], "done", "{answer}");
+        assert_eq!(answer["result"], "John Salley", "{answer}");
+        // Warm: one worker up, sequential requests as the seed's latency test sent them.
+        let mut warm = Vec::new();
+        for (i, photo) in johns_photos("John_Savage")[2..7].iter().enumerate() {
+            let (status, answer, took) = post("savage.jpg", std::fs::read(photo).unwrap()).await;
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["result"], "John Savage", "photo {i}: {answer}");
+            warm.push(took);
+        }
+        warm.sort();
+        eprintln!(
+            "[e2e] face: cold (from zero replicas) {:.2} s; warm upload→result median {:.3} s, max {:.3} s over {} photos",
+            cold.as_secs_f64(),
+            warm[warm.len() / 2].as_secs_f64(),
+            warm[warm.len() - 1].as_secs_f64(),
+            warm.len()
+        );
+    })
+    .await;
+}
