@@ -38,18 +38,8 @@ build_kubectl() { # in-cluster API client for smoke tests (kubectl is static: no
   "$BUILD" "$bin" "qwp-kubectl:$TAG" "$out"
 }
 
-# The worker image carries the face processor's models (docs/worker.md) from
-# $QWP_FACE_MODELS (default .cache/face/models, filled by `make face-models`).
-FACE_MODELS="${QWP_FACE_MODELS:-$REPO_ROOT/.cache/face/models}"
-FACE_MODEL_DIR_IN_IMAGE=/usr/local/share/qwp/face-models
-face_model_args() { # appends to the caller's `extra`
-  local f
-  for f in fr_detect.onnx fr_landmark.onnx fr_feature.onnx LICENSE; do
-    [[ -f $FACE_MODELS/$f ]] || die "face model $FACE_MODELS/$f is missing: run make face-models (or set QWP_FACE_MODELS)"
-    extra+=(--add "$FACE_MODELS/$f:$FACE_MODEL_DIR_IN_IMAGE/$f")
-  done
-  extra+=(--env "WORKER_FACE_MODEL_DIR=$FACE_MODEL_DIR_IN_IMAGE")
-}
+# shellcheck source=../face/image.sh
+source "$CLUSTER_DIR/../face/image.sh"
 
 build_qwp() {
   local name found=0
@@ -57,10 +47,10 @@ build_qwp() {
     local bin="$RELEASE_DIR/$name" out="$IMAGES_DIR/$name.tar" extra=()
     if [[ ! -x $bin ]]; then log "skip $name: $bin not built (cargo build --release)"; continue; fi
     found=1
-    [[ $name == qwp-worker ]] && face_model_args
+    if [[ $name == qwp-worker ]]; then face_model_args; fi
     # rebuild when the source binary (path, size, mtime), the tag or the added files changed
     local src; src="$(stat -L -c '%n %s %Y' "$bin") $name:$TAG"
-    ((${#extra[@]})) && src+=" $(sha256sum "$FACE_MODELS"/*.onnx | sha256sum | cut -c1-16)"
+    if ((${#extra[@]})); then src+=" $(face_models_digest)"; fi
     if [[ -f $out && -f $out.src && "$(cat "$out.src")" == "$src" ]]; then log "$name image up to date"; continue; fi
     "$BUILD" "${extra[@]}" "$bin" "$name:$TAG" "$out"
     echo "$src" > "$out.src"

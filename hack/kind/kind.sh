@@ -15,6 +15,8 @@
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=../face/image.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../face/image.sh"
 cd "$ROOT"
 LOCALSTACK_MODE="${KIND_LOCALSTACK:-host}"
 RELEASE=qwp
@@ -82,12 +84,13 @@ images() {
   # Archives of this checkout's kind cluster: hack/cluster's ($IMAGES_DIR) may be another
   # checkout's, loaded by its e2e run at the same time.
   mkdir -p "$KIND_IMAGES"
-  local name bin out src
+  local name bin out src extra
   for name in qwp-operator qwp-worker qwp-api-server; do
-    bin="$ROOT/target/debug/$name" out="$KIND_IMAGES/$name.tar"
+    bin="$ROOT/target/debug/$name" out="$KIND_IMAGES/$name.tar" extra=()
     src="$(stat -L -c '%n %s %Y' "$bin") $name:$IMAGE_TAG"
+    if [[ $name == qwp-worker ]]; then face_model_args; src+=" $(face_models_digest)"; fi
     if [[ ! -f $out || "$(cat "$out.src" 2>/dev/null)" != "$src" ]]; then
-      "$CLUSTER_DIR/build-image.sh" "$bin" "$name:$IMAGE_TAG" "$out"
+      "$CLUSTER_DIR/build-image.sh" "${extra[@]}" "$bin" "$name:$IMAGE_TAG" "$out"
       echo "$src" > "$out.src"
     fi
     kind load image-archive --name "$KIND_CLUSTER" "$out"
