@@ -58,7 +58,7 @@ smoke-local: ## The seed smoke test against http://localhost:8000 (prints PASS)
 	scripts/smoke.sh http://localhost:8000
 
 crds: ## Regenerate crds/ from the Rust types
-	$(CARGO) run -q -p qwp-operator --bin crdgen > crds/queueworkerpool.yaml
+	$(CARGO) run -q -p qwp-pool --bin crdgen > crds/queueworkerpool.yaml
 	@if [ -d charts/qwp/crds ]; then cp crds/queueworkerpool.yaml charts/qwp/crds/queueworkerpool.yaml; fi
 
 # End-to-end (docs/e2e.md). Images are dev builds: fast to build, shared with the test builds.

@@ -1,111 +1,10 @@
 //! Configuration from environment variables, with seed 001's names and defaults.
 //! A bad value is an error naming the variable and the value, so a binary stops at start.
+//! The queue's variables are the ones the operator injects into workers, read through
+//! [`qwp_pool::contract::QueueEnv`]; [`Vars`] and [`ConfigError`] come from [`qwp_pool::env`].
 
-use std::fmt::Display;
-use std::ops::RangeInclusive;
-use std::str::FromStr;
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid value {value:?} for {name}: {reason}")]
-pub struct ConfigError {
-    pub name: String,
-    pub value: String,
-    pub reason: String,
-}
-
-/// Reads variables from a lookup function: the process environment in binaries,
-/// a map in tests (no global state is mutated).
-pub struct Vars<'a> {
-    lookup: Box<Lookup<'a>>,
-}
-
-type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
-
-impl Vars<'static> {
-    pub fn process() -> Self {
-        Vars::new(|name| std::env::var(name).ok())
-    }
-}
-
-impl<'a> Vars<'a> {
-    pub fn new(lookup: impl Fn(&str) -> Option<String> + 'a) -> Self {
-        Vars {
-            lookup: Box::new(lookup),
-        }
-    }
-
-    /// Fixed variables, for tests: nothing else is set.
-    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
-        let map: std::collections::HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Vars::new(move |k| map.get(k).cloned())
-    }
-
-    /// A set, non-blank value; an empty variable counts as unset.
-    pub fn optional(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).filter(|v| !v.trim().is_empty())
-    }
-
-    pub fn string(&self, name: &str, default: &str) -> String {
-        self.optional(name).unwrap_or_else(|| default.to_string())
-    }
-
-    pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
-    where
-        T: FromStr,
-        T::Err: Display,
-    {
-        match self.optional(name) {
-            None => Ok(default),
-            Some(raw) => raw.trim().parse().map_err(|e: T::Err| ConfigError {
-                name: name.to_string(),
-                value: raw.clone(),
-                reason: e.to_string(),
-            }),
-        }
-    }
-
-    pub fn parse_in<T>(
-        &self,
-        name: &str,
-        default: T,
-        range: RangeInclusive<T>,
-    ) -> Result<T, ConfigError>
-    where
-        T: FromStr + PartialOrd + Display + Copy,
-        T::Err: Display,
-    {
-        let value = self.parse(name, default)?;
-        if range.contains(&value) {
-            Ok(value)
-        } else {
-            Err(ConfigError {
-                name: name.to_string(),
-                value: value.to_string(),
-                reason: format!("must be between {} and {}", range.start(), range.end()),
-            })
-        }
-    }
-
-    /// Parses with a custom function; its error message becomes the reason.
-    pub fn parse_with<T>(
-        &self,
-        name: &str,
-        default: T,
-        parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        match self.optional(name) {
-            None => Ok(default),
-            Some(raw) => parse(raw.trim()).map_err(|reason| ConfigError {
-                name: name.to_string(),
-                value: raw.clone(),
-                reason,
-            }),
-        }
-    }
-}
+use qwp_pool::contract::QueueEnv;
+pub use qwp_pool::env::{ConfigError, Vars};
 
 /// What the API server and the worker share: where jobs live and how long to wait.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +17,7 @@ pub struct Config {
     pub s3_in_bucket: String,
     pub s3_out_bucket: String,
     pub sqs_req_queue_name: String,
-    /// `SQS_QUEUE_URL`: a full queue URL (the operator injects it); wins over the name.
+    /// [`SQS_QUEUE_URL`](qwp_pool::contract::SQS_QUEUE_URL): a full queue URL (the operator injects it); wins over the name.
     pub sqs_queue_url: Option<String>,
     pub sqs_wait_time_seconds: u32,
     pub sqs_visibility_timeout_seconds: u32,
@@ -132,25 +31,19 @@ impl Config {
     }
 
     pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
-        let endpoint = vars.parse_with("AWS_ENDPOINT_URL", None, |v| {
-            if v.starts_with("http://") || v.starts_with("https://") {
-                Ok(Some(v.trim_end_matches('/').to_string()))
-            } else {
-                Err("must start with http:// or https://".into())
-            }
-        })?;
+        let queue = QueueEnv::from_vars(vars)?;
         // LocalStack accepts any key; seed 001 defaulted to test/test. Against real AWS
         // unset keys leave the default credential chain (IRSA, instance profile) in charge.
-        let default_key = endpoint.as_ref().map(|_| "test".to_string());
+        let default_key = queue.endpoint.as_ref().map(|_| "test".to_string());
         Ok(Config {
-            aws_region: vars.string("AWS_REGION", "us-east-1"),
-            aws_access_key_id: vars.optional("AWS_ACCESS_KEY_ID").or(default_key.clone()),
-            aws_secret_access_key: vars.optional("AWS_SECRET_ACCESS_KEY").or(default_key),
-            aws_endpoint_url: endpoint,
+            aws_region: queue.region.unwrap_or_else(|| "us-east-1".into()),
+            aws_access_key_id: queue.access_key_id.or(default_key.clone()),
+            aws_secret_access_key: queue.secret_access_key.or(default_key),
+            aws_endpoint_url: queue.endpoint,
             s3_in_bucket: vars.string("S3_IN_BUCKET", "input-bucket"),
             s3_out_bucket: vars.string("S3_OUT_BUCKET", "output-bucket"),
-            sqs_req_queue_name: vars.string("SQS_REQ_QUEUE_NAME", "request-queue"),
-            sqs_queue_url: vars.optional("SQS_QUEUE_URL"),
+            sqs_req_queue_name: queue.queue_name.unwrap_or_else(|| "request-queue".into()),
+            sqs_queue_url: queue.queue_url,
             sqs_wait_time_seconds: vars.parse_in("SQS_WAIT_TIME_SECONDS", 10, 0..=20)?,
             sqs_visibility_timeout_seconds: vars.parse_in(
                 "SQS_VISIBILITY_TIMEOUT_SECONDS",
@@ -170,6 +63,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qwp_pool::contract::AWS_ENDPOINT_URL;
 
     fn vars(pairs: &[(&str, &str)]) -> Config {
         try_vars(pairs).unwrap()
@@ -197,7 +91,7 @@ mod tests {
 
     #[test]
     fn localstack_endpoint_defaults_credentials_to_test() {
-        let cfg = vars(&[("AWS_ENDPOINT_URL", "http://localhost:4566/")]);
+        let cfg = vars(&[(AWS_ENDPOINT_URL, "http://localhost:4566/")]);
         assert_eq!(
             cfg.aws_endpoint_url.as_deref(),
             Some("http://localhost:4566")
@@ -221,8 +115,8 @@ mod tests {
         let err = try_vars(&[("MAX_FILE_MB", "0")]).unwrap_err();
         assert_eq!(err.name, "MAX_FILE_MB");
 
-        let err = try_vars(&[("AWS_ENDPOINT_URL", "localhost:4566")]).unwrap_err();
-        assert_eq!(err.name, "AWS_ENDPOINT_URL");
+        let err = try_vars(&[(AWS_ENDPOINT_URL, "localhost:4566")]).unwrap_err();
+        assert_eq!(err.name, AWS_ENDPOINT_URL);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_sqs::types::{QueueAttributeName, SendMessageBatchRequestEntry};
 
+use qwp_pool::contract::{AWS_ENDPOINT_URL, SQS_REQ_QUEUE_NAME};
+
 use crate::aws::AwsClients;
 use crate::config::{Config, Vars};
 use crate::message::JobMessage;
@@ -40,14 +42,14 @@ impl TestStack {
     /// when LocalStack cannot be reached: a test that needs it must fail, not skip.
     pub async fn new(prefix: &str, options: TestStackOptions) -> Self {
         let endpoint =
-            std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
+            std::env::var(AWS_ENDPOINT_URL).unwrap_or_else(|_| DEFAULT_ENDPOINT.to_string());
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let name = |kind: &str| format!("{prefix}-{kind}-{suffix}").to_ascii_lowercase();
         let mut env: HashMap<&str, String> = HashMap::new();
-        env.insert("AWS_ENDPOINT_URL", endpoint.clone());
+        env.insert(AWS_ENDPOINT_URL, endpoint.clone());
         env.insert("S3_IN_BUCKET", name("in"));
         env.insert("S3_OUT_BUCKET", name("out"));
-        env.insert("SQS_REQ_QUEUE_NAME", name("q"));
+        env.insert(SQS_REQ_QUEUE_NAME, name("q"));
         env.insert("SQS_WAIT_TIME_SECONDS", "1".into());
         env.insert(
             "SQS_VISIBILITY_TIMEOUT_SECONDS",

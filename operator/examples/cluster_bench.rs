@@ -22,7 +22,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use qwp_operator::crd::QueueWorkerPool;
+use qwp_pool::crd::QueueWorkerPool;
 use serde_json::json;
 
 const NAMESPACE: &str = "qwp-bench";

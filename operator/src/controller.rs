@@ -12,10 +12,10 @@ use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
+use qwp_pool::crd::{POOL_LABEL, QueueWorkerPool};
 use tracing::warn;
 
 use crate::Error;
-use crate::crd::{POOL_LABEL, QueueWorkerPool};
 use crate::reconcile::validate::is_controlled_by;
 use crate::reconcile::{Context, reconcile};
 
@@ -117,7 +117,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{NS, POOL};
+    use crate::fixtures::{NS, POOL, test_pool};
     use kube::runtime::reflector::store::Writer;
     use kube::runtime::watcher::Event;
     use serde_json::json;
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_foreign_deployment_of_a_pools_name_wakes_that_pool_only() {
-        let pool = QueueWorkerPool::test(json!({}));
+        let pool = test_pool(json!({}));
         let mut writer = Writer::<QueueWorkerPool>::default();
         writer.apply_watcher_event(&Event::Apply(pool.clone()));
         let pools = writer.as_reader();

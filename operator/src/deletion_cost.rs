@@ -1,24 +1,23 @@
 //! Safe scale-down: before lowering replicas, the pool's pods get the
 //! `controller.kubernetes.io/pod-deletion-cost` annotation set to their in-flight job count
-//! (read from each worker's admin endpoint `GET /status`), so the ReplicaSet removes idle pods
-//! first and busy ones last.
+//! (read from each worker's admin endpoint `GET /status`, [`qwp_pool::contract::WorkerStatus`]),
+//! so the ReplicaSet removes idle pods first and busy ones last.
 
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use serde::Deserialize;
-
-pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+use qwp_pool::contract::{STATUS_PATH, WorkerStatus};
+pub use qwp_pool::crd::DELETION_COST_ANNOTATION;
 
 /// Asks one worker how many jobs it is running; `None` when it cannot tell.
 pub trait InFlightProbe: Send + Sync {
     fn in_flight<'a>(&'a self, pod_ip: &'a str) -> BoxFuture<'a, Option<u32>>;
 }
 
-/// `GET http://<pod IP>:<port>/status` → `{"in_flight": N, ...}`, with a short timeout so a
-/// hung pod cannot stall the reconcile.
+/// `GET http://<pod IP>:<port>/status` → [`WorkerStatus`], with a short timeout so a hung pod
+/// cannot stall the reconcile.
 pub struct HttpInFlightProbe {
     client: reqwest::Client,
     port: u16,
@@ -35,11 +34,6 @@ impl HttpInFlightProbe {
     }
 }
 
-#[derive(Deserialize)]
-struct WorkerStatus {
-    in_flight: u32,
-}
-
 impl InFlightProbe for HttpInFlightProbe {
     fn in_flight<'a>(&'a self, pod_ip: &'a str) -> BoxFuture<'a, Option<u32>> {
         Box::pin(async move {
@@ -49,7 +43,7 @@ impl InFlightProbe for HttpInFlightProbe {
             } else {
                 pod_ip.to_string()
             };
-            let url = format!("http://{host}:{}/status", self.port);
+            let url = format!("http://{host}:{}{STATUS_PATH}", self.port);
             let response = self.client.get(&url).send().await.ok()?;
             if !response.status().is_success() {
                 return None;
@@ -58,7 +52,7 @@ impl InFlightProbe for HttpInFlightProbe {
                 .json::<WorkerStatus>()
                 .await
                 .ok()
-                .map(|s| s.in_flight)
+                .map(|s| u32::try_from(s.in_flight).unwrap_or(u32::MAX))
         })
     }
 }

@@ -11,13 +11,14 @@ use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::client::Body;
 use kube::{Client, Resource};
+use qwp_pool::contract::DEFAULT_ADMIN_PORT;
+use qwp_pool::crd::{QueueWorkerPool, QueueWorkerPoolSpec};
+use qwp_pool::decision::QueueDepth;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower_test::mock::{self, Handle};
 
 use crate::Context;
-use crate::crd::{QueueWorkerPool, QueueWorkerPoolSpec};
-use crate::decision::QueueDepth;
 use crate::deletion_cost::InFlightProbe;
 use crate::metrics::Metrics;
 use crate::queue::{QueueDepthSource, QueueError, QueueTarget, Reading};
@@ -193,30 +194,29 @@ impl Context {
     }
 }
 
-impl QueueWorkerPool {
-    /// A pool as the API server returns it (defaults applied, uid and generation set).
-    pub fn test(spec: Value) -> Self {
-        let mut full = json!({
-            "queue": {"url": QUEUE_URL, "region": "us-east-1", "endpoint": "http://localstack:4566"},
-            "maxReplicas": 10,
-            "targetBacklogPerPod": 5,
-            "template": {"spec": {"containers": [{"name": "worker", "image": "qwp-worker:dev"}]}},
-        });
-        if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
-            full.extend(extra.clone());
-        }
-        let spec: QueueWorkerPoolSpec = serde_json::from_value(full).unwrap();
-        let mut pool = QueueWorkerPool::new(POOL, spec);
-        pool.meta_mut().namespace = Some(NS.into());
-        pool.meta_mut().uid = Some("pool-uid".into());
-        pool.meta_mut().generation = Some(1);
-        pool
+/// A pool as the API server returns it (defaults applied, uid and generation set).
+pub fn test_pool(spec: Value) -> QueueWorkerPool {
+    let mut full = json!({
+        "queue": {"url": QUEUE_URL, "region": "us-east-1", "endpoint": "http://localstack:4566"},
+        "maxReplicas": 10,
+        "targetBacklogPerPod": 5,
+        "template": {"spec": {"containers": [{"name": "worker", "image": "qwp-worker:dev"}]}},
+    });
+    if let (Some(full), Some(extra)) = (full.as_object_mut(), spec.as_object()) {
+        full.extend(extra.clone());
     }
+    let spec: QueueWorkerPoolSpec = serde_json::from_value(full).unwrap();
+    let mut pool = QueueWorkerPool::new(POOL, spec);
+    pool.meta_mut().namespace = Some(NS.into());
+    pool.meta_mut().uid = Some("pool-uid".into());
+    pool.meta_mut().generation = Some(1);
+    pool
 }
 
 /// The Deployment the operator would have created earlier, with `replicas` set by someone.
 pub fn existing_deployment(pool: &QueueWorkerPool, replicas: i32, ready: i32) -> Value {
-    let mut deployment: Deployment = crate::deployment::build_deployment(pool, replicas).unwrap();
+    let mut deployment: Deployment =
+        qwp_pool::deployment::build_deployment(pool, replicas, DEFAULT_ADMIN_PORT).unwrap();
     deployment.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
         replicas: Some(replicas),
         ready_replicas: Some(ready),
@@ -268,9 +268,9 @@ impl TestContext {
 #[cfg(test)]
 mod scenarios {
     use super::*;
-    use crate::crd::QueueWorkerPoolStatus;
     use crate::deletion_cost::DELETION_COST_ANNOTATION;
     use kube::runtime::controller::Action;
+    use qwp_pool::crd::QueueWorkerPoolStatus;
 
     fn env_value<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
         deployment["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -304,7 +304,7 @@ mod scenarios {
             in_flight: 2,
             delayed: 7,
         }));
-        let pool = QueueWorkerPool::test(json!({"concurrency": 2}));
+        let pool = test_pool(json!({"concurrency": 2}));
         let status = Arc::new(Mutex::new(Value::Null));
         let result = test
             .reconcile(
@@ -380,7 +380,7 @@ mod scenarios {
             "AWS.SimpleQueueService.NonExistentQueue",
             "The specified queue does not exist.",
         )));
-        let mut pool = QueueWorkerPool::test(json!({}));
+        let mut pool = test_pool(json!({}));
         let deployment = existing_deployment(&pool, 3, 3);
         let status = Arc::new(Mutex::new(Value::Null));
         let result = test
@@ -503,7 +503,7 @@ mod scenarios {
             in_flight: 0,
             delayed: 0,
         }));
-        let pool = QueueWorkerPool::test(json!({}));
+        let pool = test_pool(json!({}));
 
         // The operator runs the pool at 3 replicas (ceil(15 / 5)): nothing to change.
         let settled = existing_deployment(&pool, 3, 3);
@@ -576,7 +576,7 @@ mod scenarios {
     async fn credentials_come_from_the_pools_secret() {
         let mut test = Context::test(FakeProbe::default());
         test.queue.set(Ok(QueueDepth::default()));
-        let pool = QueueWorkerPool::test(json!({
+        let pool = test_pool(json!({
             "queue": {"name": "thumbs", "region": "eu-west-1",
                       "credentialsSecretRef": {"name": "aws"}},
         }));
@@ -612,7 +612,7 @@ mod scenarios {
     #[tokio::test]
     async fn missing_secret_is_an_unreachable_queue_not_a_crash() {
         let mut test = Context::test(FakeProbe::default());
-        let pool = QueueWorkerPool::test(json!({
+        let pool = test_pool(json!({
             "queue": {"url": QUEUE_URL, "region": "us-east-1", "credentialsSecretRef": {"name": "nope"}},
         }));
         let result = test
@@ -658,7 +658,7 @@ mod scenarios {
             in_flight: 0,
             delayed: 0,
         }));
-        let pool = QueueWorkerPool::test(json!({}));
+        let pool = test_pool(json!({}));
         let result = test
             .reconcile(
                 &pool,
@@ -698,7 +698,7 @@ mod scenarios {
     async fn a_deployment_of_someone_else_is_not_taken_over_and_the_pool_waits() {
         let mut test = Context::test(FakeProbe::default());
         test.queue.set(Ok(QueueDepth::default()));
-        let mut pool = QueueWorkerPool::test(json!({}));
+        let mut pool = test_pool(json!({}));
         let foreign = json!({"apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": POOL, "namespace": NS},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "x"}},
@@ -762,7 +762,7 @@ mod scenarios {
     async fn an_invalid_spec_waits_for_a_change_and_says_why() {
         let mut test = Context::test(FakeProbe::default());
         test.queue.set(Ok(QueueDepth::default()));
-        let mut pool = QueueWorkerPool::test(json!({"template": {"spec": {
+        let mut pool = test_pool(json!({"template": {"spec": {
             "restartPolicy": "Never",
             "containers": [{"name": "worker", "image": "qwp-worker:dev"}]}}}));
         let status = Arc::new(Mutex::new(Value::Null));
@@ -814,7 +814,7 @@ mod scenarios {
         assert!(matches!(result, Err(crate::Error::InvalidSpec(_))));
 
         // The fix is the change it waited for: the pool gets its Deployment and is Ready.
-        let mut fixed = QueueWorkerPool::test(json!({}));
+        let mut fixed = test_pool(json!({}));
         fixed.metadata.generation = Some(2);
         fixed.status = pool.status.clone();
         let result = test
@@ -847,7 +847,7 @@ mod scenarios {
     async fn transient_errors_back_off_until_a_success_resets_them() {
         let mut test = Context::test(FakeProbe::default());
         test.queue.set(Ok(QueueDepth::default()));
-        let pool = QueueWorkerPool::test(json!({}));
+        let pool = test_pool(json!({}));
         let shared = Arc::new(pool.clone());
         let unavailable = || {
             vec![Expect::new(
@@ -926,7 +926,7 @@ mod scenarios {
         let mut test = Context::test(FakeProbe::default());
         test.queue
             .set(Err(QueueError::new("DispatchFailure", "no route to host")));
-        let pool = QueueWorkerPool::test(json!({}));
+        let pool = test_pool(json!({}));
         let result = test
             .reconcile(
                 &pool,

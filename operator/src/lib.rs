@@ -1,16 +1,14 @@
 //! qwp-operator: scales QueueWorkerPool Deployments from the depth of their SQS queue.
 //!
 //! Data flow of one reconcile (see [`reconcile`]): validate the spec (pure) → observe the
-//! Deployment and the queue depth → [`decision::decide`] (pure) → apply the Deployment
-//! ([`deployment`], server-side apply) → report Events, status ([`status`]) and metrics. Only
-//! observe, apply and report touch the network. [`controller`] runs the reconciles and decides
-//! when a failed one runs again.
+//! Deployment and the queue depth → [`qwp_pool::decision::decide`] (pure) → apply the
+//! Deployment ([`qwp_pool::deployment`], server-side apply) → report Events, status
+//! ([`status`]) and metrics. Only observe, apply and report touch the network. [`controller`]
+//! runs the reconciles and decides when a failed one runs again. The resource types, the
+//! decision, the Deployment and the contract with the workers live in [`qwp_pool`].
 
 pub mod controller;
-pub mod crd;
-pub mod decision;
 pub mod deletion_cost;
-pub mod deployment;
 pub mod metrics;
 pub mod queue;
 pub mod reconcile;
@@ -20,7 +18,7 @@ pub mod status;
 mod fixtures;
 
 pub use controller::{error_policy, run};
-pub use crd::{QueueWorkerPool, QueueWorkerPoolSpec, QueueWorkerPoolStatus};
+pub use qwp_pool::crd::{QueueWorkerPool, QueueWorkerPoolSpec, QueueWorkerPoolStatus};
 pub use reconcile::{Context, reconcile};
 
 /// Selects rustls' ring provider for the process. Call before building a kube `Client`: with
@@ -87,6 +85,12 @@ impl Error {
             Error::DeploymentApply { .. } => "DeploymentApplyFailed",
             Error::InvalidSpec(_) => "InvalidSpec",
         }
+    }
+}
+
+impl From<qwp_pool::deployment::MissingNamespace> for Error {
+    fn from(error: qwp_pool::deployment::MissingNamespace) -> Self {
+        Error::MissingNamespace(error.0)
     }
 }
 

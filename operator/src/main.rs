@@ -2,7 +2,8 @@
 //! (`/healthz`, `/readyz`, `/metrics`); `crd` prints the CustomResourceDefinition.
 //!
 //! Settings (environment): `QWP_ADMIN_PORT` (8080), `QWP_WATCH_NAMESPACE` (all namespaces
-//! when unset), `QWP_WORKER_ADMIN_PORT` (9090, where workers serve `/status`),
+//! when unset), `QWP_WORKER_ADMIN_PORT` (9090, where workers serve `/status`; injected into
+//! them as `WORKER_ADMIN_PORT`),
 //! `QWP_POD_STATUS_TIMEOUT_MS` (1000). Logs: `RUST_LOG`, `LOG_FORMAT=json`.
 
 use std::net::SocketAddr;
@@ -19,11 +20,12 @@ use axum::routing::get;
 use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams};
 use qwp_jobs::config::{ConfigError, Vars};
-use qwp_operator::crd::{QueueWorkerPool, crd_yaml};
 use qwp_operator::deletion_cost::HttpInFlightProbe;
 use qwp_operator::metrics::Metrics;
 use qwp_operator::queue::SqsQueueDepth;
 use qwp_operator::{Context, controller};
+use qwp_pool::contract::DEFAULT_ADMIN_PORT;
+use qwp_pool::crd::{QueueWorkerPool, crd_yaml};
 use qwp_runtime::signals;
 use tracing::{error, info};
 
@@ -57,7 +59,11 @@ impl Settings {
         Ok(Settings {
             admin_port: vars.parse_in("QWP_ADMIN_PORT", 8080, 1..=65535)?,
             watch_namespace: vars.optional("QWP_WATCH_NAMESPACE"),
-            worker_admin_port: vars.parse_in("QWP_WORKER_ADMIN_PORT", 9090, 1..=65535)?,
+            worker_admin_port: vars.parse_in(
+                "QWP_WORKER_ADMIN_PORT",
+                DEFAULT_ADMIN_PORT,
+                1..=65535,
+            )?,
             pod_status_timeout: Duration::from_millis(vars.parse_in(
                 "QWP_POD_STATUS_TIMEOUT_MS",
                 1000,
@@ -123,15 +129,18 @@ async fn run() -> Result<(), String> {
             .await
     });
 
-    let ctx = Arc::new(Context::new(
-        client,
-        Arc::new(SqsQueueDepth::new()),
-        Arc::new(HttpInFlightProbe::new(
-            settings.worker_admin_port,
-            settings.pod_status_timeout,
-        )),
-        metrics,
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            Arc::new(SqsQueueDepth::new()),
+            Arc::new(HttpInFlightProbe::new(
+                settings.worker_admin_port,
+                settings.pod_status_timeout,
+            )),
+            metrics,
+        )
+        .with_worker_admin_port(settings.worker_admin_port),
+    );
     let shutdown = async move {
         stop.cancelled().await;
         info!("shutting down: finishing running reconciles");

@@ -8,9 +8,8 @@ use std::sync::Mutex;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use futures::future::BoxFuture;
+use qwp_pool::decision::QueueDepth;
 use qwp_runtime::aws_error;
-
-use crate::decision::QueueDepth;
 
 /// Everything needed to reach one queue.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -3,9 +3,9 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use qwp_pool::crd::{BacklogStatus, QueueWorkerPoolStatus};
+use qwp_pool::decision::{Decision, Limit, QueueDepth};
 
-use crate::crd::{BacklogStatus, QueueWorkerPoolStatus};
-use crate::decision::{Decision, Limit, QueueDepth};
 use crate::queue::QueueError;
 
 pub const READY: &str = "Ready";
@@ -198,8 +198,8 @@ pub fn condition_reason(code: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decision::ScaleReason;
     use k8s_openapi::api::apps::v1::DeploymentStatus;
+    use qwp_pool::decision::ScaleReason;
 
     fn decision(replicas: u32, limit: Option<Limit>) -> Decision {
         Decision {

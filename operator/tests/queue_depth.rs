@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use qwp_jobs::testing::{TestStack, TestStackOptions};
-use qwp_operator::decision::QueueDepth;
 use qwp_operator::queue::{QueueDepthSource, QueueTarget, SqsQueueDepth, StaticCredentials};
+use qwp_pool::decision::QueueDepth;
 
 fn target(stack: &TestStack) -> QueueTarget {
     QueueTarget {

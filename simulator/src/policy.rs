@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use qwp_operator::decision::{Autoscaler, QueueDepth, ScalingPolicy};
+use qwp_pool::decision::{self, History, QueueDepth, ScalingPolicy, decide};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Observation {
@@ -19,10 +19,12 @@ pub trait Scaler {
 }
 
 /// qwp with the QueueWorkerPool defaults: poll every 5 s, target backlog per pod =
-/// concurrency, in-flight counted, scale-up immediate, scale-down after a 60 s window.
+/// concurrency, in-flight counted, scale-up immediate, scale-down after a 60 s window. Every
+/// poll calls [`decide`], the function the operator's reconciler calls, and keeps its history
+/// as the reconciler does after applying the replicas.
 pub struct Qwp {
     policy: ScalingPolicy,
-    autoscaler: Autoscaler,
+    history: History,
     poll_ms: u64,
     epoch: Instant,
 }
@@ -33,7 +35,7 @@ impl Qwp {
         policy.target_backlog_per_pod = concurrency;
         Qwp {
             policy,
-            autoscaler: Autoscaler::default(),
+            history: History::new(),
             poll_ms: 5_000,
             epoch: Instant::now(),
         }
@@ -55,11 +57,10 @@ impl Scaler for Qwp {
             delayed: 0,
         };
         let now = self.epoch + Duration::from_millis(now_ms);
-        Some(
-            self.autoscaler
-                .step(&self.policy, Some(&depth), replicas, now)
-                .replicas,
-        )
+        let observed = decision::Observation::fresh(Some(depth));
+        let decided = decide(&self.policy, &self.history, &observed, replicas, now);
+        self.history = decided.history;
+        Some(decided.decision.replicas)
     }
 }
 

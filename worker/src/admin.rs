@@ -1,5 +1,6 @@
-//! The admin port: liveness, readiness, Prometheus metrics and `/status`, which the
-//! operator reads on each pod to tell idle pods from busy ones when scaling down.
+//! The admin port: liveness, readiness, Prometheus metrics and `/status`
+//! ([`qwp_pool::contract::WorkerStatus`]), which the operator reads on each pod to tell idle
+//! pods from busy ones when scaling down.
 
 use std::sync::Arc;
 
@@ -8,24 +9,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use serde::{Deserialize, Serialize};
+use qwp_pool::contract::{STATUS_PATH, WorkerStatus};
 
 use crate::metrics::Metrics;
-
-/// The `/status` document (shared convention with the operator).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Status {
-    pub in_flight: usize,
-    pub concurrency: usize,
-    pub draining: bool,
-}
 
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(qwp_runtime::metrics::router(metrics.clone()))
-        .route("/status", get(status))
+        .route(STATUS_PATH, get(status))
         .with_state(metrics)
 }
 
@@ -51,8 +44,8 @@ async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     }
 }
 
-async fn status(State(metrics): State<Arc<Metrics>>) -> Json<Status> {
-    Json(Status {
+async fn status(State(metrics): State<Arc<Metrics>>) -> Json<WorkerStatus> {
+    Json(WorkerStatus {
         in_flight: metrics.in_flight(),
         concurrency: metrics.concurrency(),
         draining: metrics.draining(),

@@ -1,9 +1,12 @@
 //! The worker's own settings (`WORKER_*`, `SQS_DLQ_URL`), read with the shared
-//! [`Vars`] so a bad value stops the process at start with the variable's name.
+//! [`Vars`] so a bad value stops the process at start with the variable's name. Those the
+//! operator injects (concurrency, admin port, drain) are read through
+//! [`qwp_pool::contract::WorkerEnv`], the parser of what the operator builds.
 
 use std::time::Duration;
 
 use qwp_jobs::config::{ConfigError, Vars};
+use qwp_pool::contract::WorkerEnv;
 
 use crate::face::{FaceSettings, GallerySource};
 
@@ -78,11 +81,12 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
+        let injected = WorkerEnv::default();
         Settings {
-            concurrency: 1,
+            concurrency: injected.concurrency as usize,
             processor: ProcessorSettings::Checksum,
-            drain: Duration::from_secs(25),
-            admin_port: 9090,
+            drain: injected.drain(),
+            admin_port: injected.admin_port,
             dlq_url: None,
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(300),
@@ -96,7 +100,7 @@ impl Settings {
     }
 
     pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
-        let defaults = Settings::default();
+        let injected = WorkerEnv::from_vars(vars)?;
         let processor = match vars.string("WORKER_PROCESSOR", "checksum").trim() {
             "sleep" => ProcessorSettings::Sleep(vars.parse_with(
                 "WORKER_SLEEP_SECONDS",
@@ -140,10 +144,10 @@ impl Settings {
             });
         }
         Ok(Settings {
-            concurrency: vars.parse_in("WORKER_CONCURRENCY", defaults.concurrency, 1..=1000)?,
+            concurrency: injected.concurrency as usize,
             processor,
-            drain: Duration::from_secs(vars.parse_in("WORKER_DRAIN_SECONDS", 25, 0..=3600)?),
-            admin_port: vars.parse("WORKER_ADMIN_PORT", defaults.admin_port)?,
+            drain: injected.drain(),
+            admin_port: injected.admin_port,
             dlq_url: vars.optional("SQS_DLQ_URL"),
             retry_base: Duration::from_secs(retry_base),
             retry_max: Duration::from_secs(retry_max),
@@ -204,6 +208,10 @@ fn face_settings(vars: &Vars) -> Result<FaceSettings, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qwp_pool::contract::{
+        DEFAULT_ADMIN_PORT, DEFAULT_DRAIN_SECONDS, WORKER_ADMIN_PORT, WORKER_CONCURRENCY,
+        WORKER_DRAIN_SECONDS,
+    };
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::from_vars(&Vars::from_pairs(pairs))
@@ -217,6 +225,8 @@ mod tests {
         assert_eq!(s.processor, ProcessorSettings::Checksum);
         assert_eq!(s.drain, Duration::from_secs(25));
         assert_eq!(s.admin_port, 9090);
+        assert_eq!(s.drain.as_secs(), u64::from(DEFAULT_DRAIN_SECONDS));
+        assert_eq!(s.admin_port, DEFAULT_ADMIN_PORT);
     }
 
     #[test]
@@ -314,10 +324,10 @@ mod tests {
     fn bad_values_name_the_variable() {
         for (name, value) in [
             ("WORKER_PROCESSOR", "gpu"),
-            ("WORKER_CONCURRENCY", "0"),
-            ("WORKER_CONCURRENCY", "many"),
-            ("WORKER_DRAIN_SECONDS", "-1"),
-            ("WORKER_ADMIN_PORT", "70000"),
+            (WORKER_CONCURRENCY, "0"),
+            (WORKER_CONCURRENCY, "many"),
+            (WORKER_DRAIN_SECONDS, "-1"),
+            (WORKER_ADMIN_PORT, "70000"),
             ("WORKER_RETRY_BASE_SECONDS", "600"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err();

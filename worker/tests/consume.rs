@@ -10,6 +10,7 @@ use aws_sdk_sqs::types::MessageAttributeValue;
 use common::*;
 use qwp_jobs::JobResult;
 use qwp_jobs::result::Outcome as ResultOutcome;
+use qwp_pool::contract::WorkerStatus;
 use qwp_worker::metrics::Outcome;
 use qwp_worker::processor::checksum;
 use qwp_worker::settings::{ProcessorSettings, SleepDuration};
@@ -66,7 +67,7 @@ async fn two_hundred_jobs_at_concurrency_eight_each_run_once() {
     }
     wait_for_empty_queue(&stack).await;
 
-    let status: admin::Status = reqwest::get(format!("{admin_url}/status"))
+    let status: WorkerStatus = reqwest::get(format!("{admin_url}/status"))
         .await
         .unwrap()
         .json()
@@ -74,7 +75,7 @@ async fn two_hundred_jobs_at_concurrency_eight_each_run_once() {
         .unwrap();
     assert_eq!(
         status,
-        admin::Status {
+        WorkerStatus {
             in_flight: 0,
             concurrency: 8,
             draining: false

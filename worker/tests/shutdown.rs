@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::*;
 use qwp_jobs::testing::TestStack;
+use qwp_pool::contract::WorkerStatus;
 use qwp_worker::Settings;
-use qwp_worker::admin::Status;
 use qwp_worker::metrics::Outcome;
 use qwp_worker::settings::{ProcessorSettings, SleepDuration};
 
@@ -169,7 +169,7 @@ impl WorkerProcess {
         })
     }
 
-    async fn status(&self) -> Option<Status> {
+    async fn status(&self) -> Option<WorkerStatus> {
         reqwest::get(format!("{}/status", self.admin_url))
             .await
             .ok()?
@@ -226,7 +226,7 @@ async fn sigterm_to_the_binary_mid_batch_loses_no_job() {
     .await;
     assert_eq!(
         busy,
-        Status {
+        WorkerStatus {
             in_flight: 3,
             concurrency: 3,
             draining: false

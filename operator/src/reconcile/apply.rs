@@ -3,14 +3,14 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use qwp_pool::crd::POOL_LABEL;
+use qwp_pool::decision::Decision;
+use qwp_pool::deployment::{build_deployment, is_up_to_date};
 use tracing::warn;
 
 use super::observe::Observed;
 use super::{Context, ValidPool};
-use crate::crd::POOL_LABEL;
-use crate::decision::Decision;
 use crate::deletion_cost::{cost_patch, plan_costs};
-use crate::deployment::{build_deployment, is_up_to_date};
 use crate::{Error, FIELD_MANAGER, Result};
 
 /// Deletion costs first (so the ReplicaSet removes idle pods), then the Deployment, unless it
@@ -27,6 +27,7 @@ pub async fn deployment(
     let wanted = build_deployment(
         pool.resource,
         i32::try_from(decision.replicas).unwrap_or(i32::MAX),
+        ctx.worker_admin_port,
     )?;
     if observed
         .deployment

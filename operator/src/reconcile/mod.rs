@@ -26,10 +26,11 @@ use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
+use qwp_pool::contract::DEFAULT_ADMIN_PORT;
+use qwp_pool::crd::QueueWorkerPool;
+use qwp_pool::decision::{Decided, History, ScalingPolicy};
 
 use crate::controller::WATCH_DEBOUNCE;
-use crate::crd::QueueWorkerPool;
-use crate::decision::{History, ScalingPolicy};
 use crate::deletion_cost::InFlightProbe;
 use crate::metrics::Metrics;
 use crate::queue::QueueDepthSource;
@@ -63,13 +64,12 @@ async fn steps(pool: &QueueWorkerPool, ctx: &Context) -> Result<Action> {
     validate::ownership(pool.resource, deployment.as_ref())?;
     let observed = observe::queue(&pool, ctx, deployment).await;
     let now = Instant::now();
-    let decision = ctx.with_memory(&pool.key, now, observed.current, |memory| {
-        decide::replicas(&pool, &memory.history, &observed, now)
+    let Decided { decision, history } = ctx.with_memory(&pool.key, now, observed.current, |m| {
+        decide::replicas(&pool, &m.history, &observed, now)
     });
     apply::deployment(&pool, ctx, &observed, &decision).await?;
-    ctx.with_memory(&pool.key, now, observed.current, |memory| {
-        decide::remember(&pool, &mut memory.history, &observed, &decision, now)
-    });
+    // Kept only once applied: a failed apply leaves the history as if nothing was decided.
+    ctx.with_memory(&pool.key, now, observed.current, |m| m.history = history);
     report::outcome(&pool, ctx, &observed, &decision).await?;
     Ok(Action::requeue(pool.poll.saturating_sub(WATCH_DEBOUNCE)))
 }
@@ -80,6 +80,8 @@ pub struct Context {
     pub queue: Arc<dyn QueueDepthSource>,
     pub probe: Arc<dyn InFlightProbe>,
     pub metrics: Arc<Metrics>,
+    /// Where workers serve `/status` (injected as their WORKER_ADMIN_PORT; `probe` asks there).
+    pub worker_admin_port: u16,
     pub recorder: Recorder,
     /// Reporting instance of the Events this process writes (host or pod name).
     pub instance: String,
@@ -113,9 +115,16 @@ impl Context {
             queue,
             probe,
             metrics,
+            worker_admin_port: DEFAULT_ADMIN_PORT,
             pools: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Workers serve `/status` on `port` (default [`DEFAULT_ADMIN_PORT`]).
+    pub fn with_worker_admin_port(mut self, port: u16) -> Self {
+        self.worker_admin_port = port;
+        self
     }
 
     pub(crate) fn with_memory<T>(

@@ -7,12 +7,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::Api;
+use qwp_pool::crd::QueueWorkerPool;
+use qwp_pool::deployment::current_replicas;
 use tracing::warn;
 
 use super::{Context, ValidPool};
 use crate::Result;
-use crate::crd::QueueWorkerPool;
-use crate::deployment::current_replicas;
 use crate::queue::{QueueError, QueueTarget, Reading, StaticCredentials};
 
 /// What a reconcile saw before deciding.

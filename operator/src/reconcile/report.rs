@@ -7,12 +7,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
+use qwp_pool::crd::{QueueWorkerPool, QueueWorkerPoolStatus};
+use qwp_pool::decision::Decision;
 use tracing::{info, warn};
 
 use super::observe::Observed;
 use super::{Context, ValidPool};
-use crate::crd::{QueueWorkerPool, QueueWorkerPoolStatus};
-use crate::decision::Decision;
 use crate::metrics::PoolLabels;
 use crate::queue::{QueueError, Reading};
 use crate::status::{QUEUE_REACHABLE, StatusInput, build_status, condition_reason, failed_status};

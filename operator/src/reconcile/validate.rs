@@ -10,10 +10,10 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
+use qwp_pool::crd::{POOL_LABEL, QueueWorkerPool};
+use qwp_pool::decision::ScalingPolicy;
 
 use super::ValidPool;
-use crate::crd::{POOL_LABEL, QueueWorkerPool};
-use crate::decision::ScalingPolicy;
 use crate::{Error, Result};
 
 /// Longest label value Kubernetes accepts.
@@ -89,7 +89,7 @@ pub fn is_controlled_by(deployment: &Deployment, pool: &QueueWorkerPool) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::{NS, POOL};
+    use crate::fixtures::{NS, POOL, test_pool};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use serde_json::json;
 
@@ -98,12 +98,12 @@ mod tests {
     }
 
     fn with_pod_spec(pod: serde_json::Value) -> QueueWorkerPool {
-        QueueWorkerPool::test(json!({"template": {"spec": pod}}))
+        test_pool(json!({"template": {"spec": pod}}))
     }
 
     #[test]
     fn a_sensible_pool_passes_and_keeps_what_the_steps_read() {
-        let pool = QueueWorkerPool::test(json!({"pollIntervalSeconds": 7, "minReplicas": 1}));
+        let pool = test_pool(json!({"pollIntervalSeconds": 7, "minReplicas": 1}));
         let valid = spec(&pool).expect("valid");
         assert_eq!((valid.namespace.as_str(), valid.name.as_str()), (NS, POOL));
         assert_eq!(valid.poll, Duration::from_secs(7));
@@ -113,7 +113,7 @@ mod tests {
 
     #[test]
     fn a_pool_without_namespace_is_rejected() {
-        let mut pool = QueueWorkerPool::test(json!({}));
+        let mut pool = test_pool(json!({}));
         pool.metadata.namespace = None;
         let error = rejection(&pool).unwrap();
         assert!(matches!(error, Error::MissingNamespace(_)), "{error}");
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn the_name_must_fit_in_a_label_value() {
-        let mut pool = QueueWorkerPool::test(json!({}));
+        let mut pool = test_pool(json!({}));
         pool.metadata.name = Some("p".repeat(MAX_LABEL_VALUE));
         assert!(spec(&pool).is_ok(), "63 characters fit");
         pool.metadata.name = Some("p".repeat(MAX_LABEL_VALUE + 1));
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn only_the_pools_own_deployment_is_taken() {
-        let pool = QueueWorkerPool::test(json!({}));
+        let pool = test_pool(json!({}));
         assert!(
             ownership(&pool, None).is_ok(),
             "none yet: the pool creates it"

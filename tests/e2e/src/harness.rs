@@ -35,7 +35,9 @@ impl TestEnv {
 }
 
 pub async fn client() -> Client {
-    qwp_operator::install_crypto_provider();
+    // kube's client needs a process-wide rustls provider; with both ring and aws-lc-rs linked
+    // (kube, AWS SDK) none is picked automatically. Err: one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::try_default().await.unwrap_or_else(|e| {
         panic!("no Kubernetes client ({e}); set KUBECONFIG (`source hack/cluster/env.sh`) or run `make e2e`")
     })

@@ -5,7 +5,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use qwp_jobs::testing::TestStack;
-use qwp_operator::crd::QueueWorkerPool;
+use qwp_pool::contract::{DEFAULT_ADMIN_PORT, termination_grace_seconds};
+use qwp_pool::crd::QueueWorkerPool;
 use serde_json::{Value, json};
 
 use crate::settings::Settings;
@@ -24,6 +25,7 @@ pub struct PoolOptions {
     pub count_in_flight: bool,
     /// WORKER_SLEEP_SECONDS: `1` or a range `2-20`.
     pub sleep_seconds: String,
+    /// The workers' drain: the operator injects WORKER_DRAIN_SECONDS from the grace period.
     pub drain_seconds: u32,
     /// SQS_VISIBILITY_TIMEOUT_SECONDS of the workers.
     pub visibility_timeout_seconds: u32,
@@ -76,7 +78,7 @@ pub fn pool_object(stack: &TestStack, o: &PoolOptions) -> QueueWorkerPool {
             "scaleDown": {"stabilizationWindowSeconds": o.scale_down_window_seconds},
             "template": {
                 "spec": {
-                    "terminationGracePeriodSeconds": o.drain_seconds + 5,
+                    "terminationGracePeriodSeconds": termination_grace_seconds(o.drain_seconds),
                     "automountServiceAccountToken": false,
                     "containers": [{
                         "name": "worker",
@@ -89,12 +91,11 @@ pub fn pool_object(stack: &TestStack, o: &PoolOptions) -> QueueWorkerPool {
                             env("SQS_VISIBILITY_TIMEOUT_SECONDS", o.visibility_timeout_seconds.to_string()),
                             env("WORKER_PROCESSOR", "sleep".into()),
                             env("WORKER_SLEEP_SECONDS", o.sleep_seconds.clone()),
-                            env("WORKER_DRAIN_SECONDS", o.drain_seconds.to_string()),
                             env("WORKER_RETRY_BASE_SECONDS", "1".into()),
                             env("WORKER_RETRY_MAX_SECONDS", "5".into()),
                             env("LOG_FORMAT", "json".into()),
                         ],
-                        "ports": [{"name": "admin", "containerPort": 9090}],
+                        "ports": [{"name": "admin", "containerPort": DEFAULT_ADMIN_PORT}],
                         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 2},
                         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
                         "securityContext": {

@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
-use qwp_operator::deletion_cost::DELETION_COST_ANNOTATION;
+use qwp_pool::crd::DELETION_COST_ANNOTATION;
 
 use crate::logs::has_started;
 

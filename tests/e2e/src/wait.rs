@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use qwp_operator::crd::{QueueWorkerPool, QueueWorkerPoolStatus};
+use qwp_pool::crd::{QueueWorkerPool, QueueWorkerPoolStatus};
 use serde::de::DeserializeOwned;
 
 /// Calls `check` every `every` until it returns `Some`, or panics after `timeout` naming

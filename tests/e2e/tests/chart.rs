@@ -24,7 +24,7 @@ fn chart_crd_is_the_crd_the_operator_types_generate() {
         .expect("read the chart's CRD");
     assert_eq!(
         in_chart,
-        qwp_operator::crd::crd_yaml(),
+        qwp_pool::crd::crd_yaml(),
         "the chart's CRD is stale: run `make crds`"
     );
 }

@@ -26,7 +26,7 @@ use qwp_e2e::wait::{
 };
 use qwp_e2e::{Settings, TestEnv, with_temp_ns};
 use qwp_jobs::testing::{TestStack, TestStackOptions};
-use qwp_operator::crd::QueueWorkerPool;
+use qwp_pool::crd::QueueWorkerPool;
 use tokio::sync::watch;
 
 const SECOND: Duration = Duration::from_secs(1);

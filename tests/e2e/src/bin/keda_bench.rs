@@ -41,8 +41,9 @@ use qwp_e2e::{Settings, TestEnv, with_temp_ns};
 use qwp_jobs::config::{ConfigError, Vars};
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_jobs::{Filename, JobId, JobMessage};
-use qwp_operator::crd::{POOL_LABEL, QueueWorkerPool};
-use qwp_operator::deployment::{MANAGED_BY, build_deployment};
+use qwp_pool::contract::DEFAULT_ADMIN_PORT;
+use qwp_pool::crd::{POOL_LABEL, QueueWorkerPool};
+use qwp_pool::deployment::{MANAGED_BY, build_deployment};
 use qwp_simulator::model::{self, Settings as ModelSettings};
 use qwp_simulator::policy::{KedaHpa, KedaSettings, Qwp, Scaler};
 use qwp_simulator::trace::{self, Trace};
@@ -265,7 +266,8 @@ async fn create_default_pool(env: &TestEnv, stack: &TestStack, lane: &Lane, trac
 async fn create_keda_deployment(env: &TestEnv, stack: &TestStack, lane: &Lane, trace: &Trace) {
     let mut pool = pool_object(stack, &pool_options(lane.name, trace));
     pool.metadata.namespace = Some(env.ns.clone());
-    let mut deployment = build_deployment(&pool, 0).expect("the operator's Deployment");
+    let mut deployment =
+        build_deployment(&pool, 0, DEFAULT_ADMIN_PORT).expect("the operator's Deployment");
     deployment.metadata.owner_references = None;
     deployment
         .labels_mut()

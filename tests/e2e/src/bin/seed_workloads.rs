@@ -33,7 +33,7 @@ use qwp_e2e::{Settings, TestEnv, with_temp_ns};
 use qwp_jobs::config::{ConfigError, Vars};
 use qwp_jobs::result::Outcome;
 use qwp_jobs::testing::{TestStack, TestStackOptions};
-use qwp_operator::crd::{POOL_LABEL, QueueWorkerPool};
+use qwp_pool::crd::{POOL_LABEL, QueueWorkerPool};
 use serde_json::Value;
 use tokio::sync::watch;
 

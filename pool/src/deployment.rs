@@ -1,4 +1,7 @@
-//! The pool's Deployment, built (purely) from the pool and the desired replicas.
+//! The pool's Deployment, built (purely) from the pool, the desired replicas and the port the
+//! operator asks workers for `/status` on. Every container gets the worker environment of
+//! [`crate::contract::container_env`]. The operator applies it; the KEDA benchmark creates the
+//! same Deployment for KEDA to scale.
 //!
 //! The operator owns the Deployment: it is named after the pool, carries an owner reference
 //! (garbage-collected with the pool) and is applied with server-side apply and force, so a
@@ -8,87 +11,37 @@ use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, SecretKeySelector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
 
+use crate::contract::{INJECTED_ENV, WorkerEnv, container_env};
 use crate::crd::{POOL_LABEL, QueueWorkerPool};
-use crate::{Error, Result};
 
 /// Hash of everything the operator sets on the Deployment except the replicas; equal hashes
 /// and equal replicas mean there is nothing to apply.
 pub const SPEC_HASH_ANNOTATION: &str = "queueworker.io/spec-hash";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "qwp-operator");
-/// Covers the worker's default 25 s drain (WORKER_DRAIN_SECONDS).
-pub const DEFAULT_TERMINATION_GRACE_SECONDS: i64 = 30;
 
-/// Names of the variables the operator sets in every worker container.
-pub const INJECTED_ENV: [&str; 7] = [
-    "SQS_QUEUE_URL",
-    "SQS_REQ_QUEUE_NAME",
-    "AWS_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "WORKER_CONCURRENCY",
-];
-
-/// The environment the worker reads (see docs/worker.md): queue, region, endpoint, keys from
-/// the pool's Secret, concurrency.
-pub fn worker_env(pool: &QueueWorkerPool) -> Vec<EnvVar> {
-    let queue = &pool.spec.queue;
-    let plain = |name: &str, value: &str| EnvVar {
-        name: name.to_string(),
-        value: Some(value.to_string()),
-        value_from: None,
-    };
-    let mut env = Vec::new();
-    match (&queue.url, &queue.name) {
-        (Some(url), _) => env.push(plain("SQS_QUEUE_URL", url)),
-        // The worker resolves a name itself (qwp_jobs::aws::AwsClients::request_queue_url).
-        (None, Some(name)) => env.push(plain("SQS_REQ_QUEUE_NAME", name)),
-        (None, None) => {}
-    }
-    env.push(plain("AWS_REGION", &queue.region));
-    if let Some(endpoint) = &queue.endpoint {
-        env.push(plain("AWS_ENDPOINT_URL", endpoint));
-    }
-    if let Some(secret) = &queue.credentials_secret_ref {
-        let from_secret = |name: &str, key: &str| EnvVar {
-            name: name.to_string(),
-            value: None,
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: key.to_string(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-        };
-        env.push(from_secret("AWS_ACCESS_KEY_ID", &secret.access_key_id_key));
-        env.push(from_secret(
-            "AWS_SECRET_ACCESS_KEY",
-            &secret.secret_access_key_key,
-        ));
-    }
-    env.push(plain(
-        "WORKER_CONCURRENCY",
-        &pool.spec.concurrency.to_string(),
-    ));
-    env
-}
+/// A pool without a namespace cannot have a Deployment (QueueWorkerPool is namespaced).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("pool {0} has no namespace (QueueWorkerPool is namespaced)")]
+pub struct MissingNamespace(pub String);
 
 pub fn selector_labels(pool: &QueueWorkerPool) -> BTreeMap<String, String> {
     BTreeMap::from([(POOL_LABEL.to_string(), pool.name_any())])
 }
 
-/// The Deployment to apply for `pool` with `replicas`.
-pub fn build_deployment(pool: &QueueWorkerPool, replicas: i32) -> Result<Deployment> {
+/// The Deployment to apply for `pool` with `replicas`; its workers serve `/status` on
+/// `worker_admin_port`, where the operator asks them.
+pub fn build_deployment(
+    pool: &QueueWorkerPool,
+    replicas: i32,
+    worker_admin_port: u16,
+) -> Result<Deployment, MissingNamespace> {
     let name = pool.name_any();
     let namespace = pool
         .namespace()
-        .ok_or_else(|| Error::MissingNamespace(name.clone()))?;
+        .ok_or_else(|| MissingNamespace(name.clone()))?;
     let selector = selector_labels(pool);
 
     let mut template = pool.spec.template.clone();
@@ -98,16 +51,18 @@ pub fn build_deployment(pool: &QueueWorkerPool, replicas: i32) -> Result<Deploym
         .get_or_insert_with(BTreeMap::new)
         .extend(selector.clone());
     let pod_spec = template.spec.get_or_insert_with(Default::default);
-    let injected = worker_env(pool);
+    let worker = WorkerEnv::for_pool(&pool.spec, worker_admin_port);
+    let injected = container_env(&pool.spec, &worker);
     for container in &mut pod_spec.containers {
         // Ours win: a pool's queue must not be overridden by a stale value in the template.
         let env = container.env.get_or_insert_with(Vec::new);
         env.retain(|var| !INJECTED_ENV.contains(&var.name.as_str()));
         env.extend(injected.iter().cloned());
     }
+    // The drain was derived from the template's grace period when it has one.
     pod_spec
         .termination_grace_period_seconds
-        .get_or_insert(DEFAULT_TERMINATION_GRACE_SECONDS);
+        .get_or_insert(worker.termination_grace_seconds());
 
     let mut labels = selector.clone();
     labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
@@ -168,6 +123,11 @@ pub fn current_replicas(existing: Option<&Deployment>) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::contract::{
+        AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, AWS_REGION, AWS_SECRET_ACCESS_KEY, DEFAULT_ADMIN_PORT,
+        SQS_QUEUE_URL, SQS_REQ_QUEUE_NAME, WORKER_ADMIN_PORT, WORKER_CONCURRENCY,
+        WORKER_DRAIN_SECONDS,
+    };
     use crate::crd::{CredentialsSecretRef, QueueWorkerPoolSpec};
     use serde_json::json;
 
@@ -190,7 +150,8 @@ mod tests {
                 "spec": {"containers": [
                     {"name": "worker", "image": "qwp-worker:dev",
                      "env": [{"name": "WORKER_PROCESSOR", "value": "sleep"},
-                             {"name": "SQS_QUEUE_URL", "value": "stale"}]},
+                             {"name": SQS_QUEUE_URL, "value": "stale"},
+                             {"name": WORKER_DRAIN_SECONDS, "value": "600"}]},
                     {"name": "sidecar", "image": "busybox"}
                 ]}
             }
@@ -223,7 +184,7 @@ mod tests {
 
     #[test]
     fn deployment_is_owned_labelled_and_sized() {
-        let d = build_deployment(&pool(spec()), 3).unwrap();
+        let d = build_deployment(&pool(spec()), 3, DEFAULT_ADMIN_PORT).unwrap();
         assert_eq!(d.metadata.name.as_deref(), Some("thumbs"));
         assert_eq!(d.metadata.namespace.as_deref(), Some("jobs"));
         let owner = &d.metadata.owner_references.as_ref().unwrap()[0];
@@ -263,7 +224,7 @@ mod tests {
 
     #[test]
     fn queue_settings_are_injected_into_every_container_and_win() {
-        let d = build_deployment(&pool(spec()), 1).unwrap();
+        let d = build_deployment(&pool(spec()), 1, DEFAULT_ADMIN_PORT).unwrap();
         for container in 0..2 {
             let env = env_of(&d, container);
             let get = |name: &str| {
@@ -273,14 +234,20 @@ mod tests {
                     .collect::<Vec<_>>()
             };
             assert_eq!(
-                get("SQS_QUEUE_URL"),
+                get(SQS_QUEUE_URL),
                 ["http://localstack:4566/000000000000/q"]
             );
-            assert_eq!(get("AWS_REGION"), ["eu-west-1"]);
-            assert_eq!(get("AWS_ENDPOINT_URL"), ["http://localstack:4566"]);
-            assert_eq!(get("WORKER_CONCURRENCY"), ["4"]);
+            assert_eq!(get(AWS_REGION), ["eu-west-1"]);
+            assert_eq!(get(AWS_ENDPOINT_URL), ["http://localstack:4566"]);
+            assert_eq!(get(WORKER_CONCURRENCY), ["4"]);
+            assert_eq!(get(WORKER_ADMIN_PORT), ["9090"]);
+            assert_eq!(
+                get(WORKER_DRAIN_SECONDS),
+                ["25"],
+                "the template's 600 is replaced"
+            );
             assert!(
-                get("AWS_ACCESS_KEY_ID").is_empty(),
+                get(AWS_ACCESS_KEY_ID).is_empty(),
                 "no keys without a Secret: IRSA"
             );
         }
@@ -297,21 +264,66 @@ mod tests {
             access_key_id_key: "id".into(),
             secret_access_key_key: "secret".into(),
         });
-        let env = env_of(&build_deployment(&pool, 1).unwrap(), 0);
-        assert!(env.contains(&("SQS_REQ_QUEUE_NAME".into(), "jobs".into())));
+        let env = env_of(&build_deployment(&pool, 1, DEFAULT_ADMIN_PORT).unwrap(), 0);
+        assert!(env.contains(&(SQS_REQ_QUEUE_NAME.into(), "jobs".into())));
         assert!(
-            !env.iter().any(|(n, _)| n == "SQS_QUEUE_URL"),
+            !env.iter().any(|(n, _)| n == SQS_QUEUE_URL),
             "the stale template value is gone"
         );
-        assert!(env.contains(&("AWS_ACCESS_KEY_ID".into(), "secret:aws/id".into())));
-        assert!(env.contains(&("AWS_SECRET_ACCESS_KEY".into(), "secret:aws/secret".into())));
+        assert!(env.contains(&(AWS_ACCESS_KEY_ID.into(), "secret:aws/id".into())));
+        assert!(env.contains(&(AWS_SECRET_ACCESS_KEY.into(), "secret:aws/secret".into())));
+    }
+
+    #[test]
+    fn the_drain_and_the_grace_period_come_from_one_budget() {
+        let grace_of = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .termination_grace_period_seconds
+        };
+        let drain_of = |d: &Deployment| {
+            env_of(d, 0)
+                .into_iter()
+                .find(|(n, _)| n == WORKER_DRAIN_SECONDS)
+                .map(|(_, v)| v)
+        };
+        let default = build_deployment(&pool(spec()), 1, DEFAULT_ADMIN_PORT).unwrap();
+        assert_eq!(
+            (grace_of(&default), drain_of(&default).as_deref()),
+            (Some(30), Some("25"))
+        );
+
+        let mut short = pool(spec());
+        short
+            .spec
+            .template
+            .spec
+            .as_mut()
+            .unwrap()
+            .termination_grace_period_seconds = Some(15);
+        let short = build_deployment(&short, 1, DEFAULT_ADMIN_PORT).unwrap();
+        assert_eq!(
+            (grace_of(&short), drain_of(&short).as_deref()),
+            (Some(15), Some("10"))
+        );
+    }
+
+    #[test]
+    fn workers_serve_status_on_the_port_the_operator_asks() {
+        let d = build_deployment(&pool(spec()), 1, 9191).unwrap();
+        assert!(env_of(&d, 1).contains(&(WORKER_ADMIN_PORT.into(), "9191".into())));
     }
 
     #[test]
     fn hash_ignores_replicas_but_not_the_template() {
         let p = pool(spec());
-        let a = build_deployment(&p, 1).unwrap();
-        let b = build_deployment(&p, 7).unwrap();
+        let a = build_deployment(&p, 1, DEFAULT_ADMIN_PORT).unwrap();
+        let b = build_deployment(&p, 7, DEFAULT_ADMIN_PORT).unwrap();
         assert_eq!(
             a.annotations()[SPEC_HASH_ANNOTATION],
             b.annotations()[SPEC_HASH_ANNOTATION]
@@ -322,7 +334,7 @@ mod tests {
         );
         let mut changed = p.clone();
         changed.spec.concurrency = 8;
-        let c = build_deployment(&changed, 1).unwrap();
+        let c = build_deployment(&changed, 1, DEFAULT_ADMIN_PORT).unwrap();
         assert!(!is_up_to_date(&a, &c), "template changed");
     }
 
@@ -330,9 +342,9 @@ mod tests {
     fn a_pool_without_namespace_is_an_error() {
         let mut p = pool(spec());
         p.metadata.namespace = None;
-        assert!(matches!(
-            build_deployment(&p, 1),
-            Err(Error::MissingNamespace(_))
-        ));
+        assert_eq!(
+            build_deployment(&p, 1, DEFAULT_ADMIN_PORT),
+            Err(MissingNamespace("thumbs".into()))
+        );
     }
 }

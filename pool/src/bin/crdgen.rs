@@ -1,5 +1,5 @@
 //! Prints the QueueWorkerPool CRD; `make crds` writes it to crds/queueworkerpool.yaml.
 
 fn main() {
-    print!("{}", qwp_operator::crd::crd_yaml());
+    print!("{}", qwp_pool::crd::crd_yaml());
 }

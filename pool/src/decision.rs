@@ -1,24 +1,24 @@
-//! The scaling decision: a pure function from (policy, recent history, queue depth, current
-//! replicas, now) to the desired replicas and the reason, in words a person reads in an Event.
+//! The scaling decision: one pure function, [`decide`], from (policy, recent history, observed
+//! queue depth, current replicas, now) to the desired replicas with the reason (in words a person
+//! reads in an Event) and the history to keep. The operator's reconciler and the simulator call
+//! exactly this function.
 //!
-//! No I/O and no clock: the controller passes `now`, and a simulator can pass a virtual one
-//! (`Instant` plus simulated seconds). The rules, applied in this order:
+//! No I/O and no clock: the caller passes `now`, a simulator a virtual one (`Instant` plus
+//! simulated seconds). The rules, applied in this order, each a function below:
 //!
 //! 1. Queue unreadable (`depth` is `None`): hold the current replicas (within min/max). An
-//!    error never scales a pool down, let alone to zero.
-//! 2. `paused`: hold the current replicas exactly.
+//!    error never scales a pool down, let alone to zero. (`hold_while_unreadable`)
+//! 2. `paused`: hold the current replicas exactly. (`hold_while_paused`)
 //! 3. counted backlog = visible (+ in flight if counted) (+ delayed if counted);
 //!    at or below `activationBacklog` the raw recommendation is 0, otherwise
 //!    ceil(backlog / targetBacklogPerPod); clamped to [minReplicas, maxReplicas].
+//!    (`recommend`, `propose`)
 //! 4. Stabilization, like the HPA: scale up only to the lowest recommendation of the
 //!    scale-up window and down only to the highest of the scale-down window. A pool reaches
-//!    zero only after a whole scale-down window of zero recommendations.
+//!    zero only after a whole scale-down window of zero recommendations. (`stabilize`)
 //! 5. Step limits (`policies`) cap the change per period, counted from the replicas at the
-//!    start of the period.
-//! 6. The result stays within [minReplicas, maxReplicas].
-//!
-//! Use [`decide`] and then [`History::record`] with the same `now`, or [`Autoscaler::step`],
-//! which does both.
+//!    start of the period; `selectPolicy: Disabled` forbids the direction. (`limit_steps`)
+//! 6. The result stays within [minReplicas, maxReplicas]. (`keep_within_bounds`)
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -78,6 +78,13 @@ impl ScalingPolicy {
             backlog = backlog.saturating_add(depth.delayed);
         }
         backlog
+    }
+
+    fn rules(&self, direction: Direction) -> &ScalingRules {
+        match direction {
+            Direction::Up => &self.scale_up,
+            Direction::Down => &self.scale_down,
+        }
     }
 
     fn clamp(&self, replicas: u32) -> u32 {
@@ -145,28 +152,27 @@ impl History {
         history
     }
 
-    /// Remembers what [`decide`] recommended and changed at `now`, and forgets what is older
-    /// than the policy's longest window or period.
-    pub fn record(
-        &mut self,
+    /// The history after `decision` was carried out at `now`: its recommendation (when the
+    /// reading was fresh) for the windows, its change of replicas for the step limits, and
+    /// nothing older than the policy's longest window or period.
+    fn after(
+        &self,
         policy: &ScalingPolicy,
+        observed: &Observation,
         now: Instant,
         decision: &Decision,
         current: u32,
-    ) {
-        if let Some(recommendation) = decision.recommendation {
-            self.recommendations.push_back((now, recommendation));
+    ) -> History {
+        let mut next = self.clone();
+        if let Some(recommendation) = decision.recommendation.filter(|_| observed.fresh) {
+            next.recommendations.push_back((now, recommendation));
         }
-        self.record_change(now, current, decision.replicas);
-        self.forget_before(now, policy.horizon());
-    }
-
-    /// Remembers a change of replicas (for step limits) without a new recommendation.
-    pub fn record_change(&mut self, now: Instant, from: u32, to: u32) {
-        if from != to {
-            self.changes
-                .push_back((now, i64::from(to) - i64::from(from)));
+        if decision.replicas != current {
+            let delta = i64::from(decision.replicas) - i64::from(current);
+            next.changes.push_back((now, delta));
         }
+        next.forget_before(now, policy.horizon());
+        next
     }
 
     fn forget_before(&mut self, now: Instant, horizon: Duration) {
@@ -203,10 +209,6 @@ impl History {
             .sum();
         u32::try_from(total).unwrap_or(u32::MAX)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.recommendations.is_empty() && self.changes.is_empty()
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,6 +222,21 @@ impl Direction {
         match self {
             Direction::Up => "scaleUp",
             Direction::Down => "scaleDown",
+        }
+    }
+
+    /// Whether `replicas` lies beyond `bound` in this direction.
+    fn goes_past(self, replicas: u32, bound: u32) -> bool {
+        match self {
+            Direction::Up => replicas > bound,
+            Direction::Down => replicas < bound,
+        }
+    }
+
+    fn policy_limit(self) -> Limit {
+        match self {
+            Direction::Up => Limit::ScaleUpPolicy,
+            Direction::Down => Limit::ScaleDownPolicy,
         }
     }
 }
@@ -389,36 +406,120 @@ pub struct Decision {
     pub limit: Option<Limit>,
 }
 
-/// Decides the replicas for one pool. Pure: the same inputs give the same decision.
+/// What one decision is based on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// The queue depth; `None` when the queue could not be read.
+    pub depth: Option<QueueDepth>,
+    /// Whether `depth` is a new reading. The controller reuses its last reading in reconciles
+    /// that watch events trigger within the poll interval; that reading's recommendation is
+    /// already in the windows and is not counted twice.
+    pub fresh: bool,
+}
+
+impl Observation {
+    /// A reading just made (`None`: the queue could not be read).
+    pub fn fresh(depth: Option<QueueDepth>) -> Self {
+        Observation { depth, fresh: true }
+    }
+}
+
+/// A decision and the history to keep once it is carried out.
+#[derive(Clone, Debug)]
+pub struct Decided {
+    pub decision: Decision,
+    /// Replaces the caller's history after the replicas were applied (kept as it was when
+    /// applying failed, as if this decision had not been made).
+    pub history: History,
+}
+
+/// Decides the replicas for one pool: the one entry point of this module. Pure: the same
+/// inputs give the same output, and `history` is only read.
 pub fn decide(
     policy: &ScalingPolicy,
     history: &History,
-    depth: Option<&QueueDepth>,
+    observed: &Observation,
+    current: u32,
+    now: Instant,
+) -> Decided {
+    let decision = match &observed.depth {
+        None => hold_while_unreadable(policy, current),
+        Some(depth) if policy.paused => hold_while_paused(policy, depth, current),
+        Some(depth) => scale(policy, history, depth, current, now),
+    };
+    let history = history.after(policy, observed, now, &decision, current);
+    Decided { decision, history }
+}
+
+/// Rule 1: an unreadable queue holds the current replicas, within min/max.
+fn hold_while_unreadable(policy: &ScalingPolicy, current: u32) -> Decision {
+    let replicas = policy.clamp(current);
+    Decision {
+        replicas,
+        recommendation: None,
+        backlog: None,
+        reason: ScaleReason::QueueUnreachable { replicas },
+        limit: None,
+    }
+}
+
+/// Rule 2: a paused pool holds exactly what runs; the backlog is still reported.
+fn hold_while_paused(policy: &ScalingPolicy, depth: &QueueDepth, current: u32) -> Decision {
+    Decision {
+        replicas: current,
+        recommendation: None,
+        backlog: Some(policy.counted_backlog(depth)),
+        reason: ScaleReason::Paused { replicas: current },
+        limit: None,
+    }
+}
+
+/// Rules 3 to 6, for a readable queue.
+fn scale(
+    policy: &ScalingPolicy,
+    history: &History,
+    depth: &QueueDepth,
     current: u32,
     now: Instant,
 ) -> Decision {
-    let Some(depth) = depth else {
-        let replicas = policy.clamp(current);
-        return Decision {
-            replicas,
-            recommendation: None,
-            backlog: None,
-            reason: ScaleReason::QueueUnreachable { replicas },
-            limit: None,
-        };
-    };
-    let backlog = policy.counted_backlog(depth);
-    if policy.paused {
-        return Decision {
-            replicas: current,
-            recommendation: None,
-            backlog: Some(backlog),
-            reason: ScaleReason::Paused { replicas: current },
-            limit: None,
-        };
+    let target = recommend(policy, depth);
+    let proposal = propose(policy, &target, current);
+    let proposal = stabilize(policy, history, &target, proposal, current, now);
+    let proposal = limit_steps(policy, history, proposal, current, now);
+    let proposal = keep_within_bounds(policy, &target, proposal);
+    Decision {
+        replicas: proposal.replicas,
+        recommendation: Some(target.replicas),
+        backlog: Some(target.backlog),
+        reason: proposal.reason,
+        limit: proposal.limit,
     }
+}
 
-    // 3. The recommendation from the backlog alone.
+/// What the backlog alone asks for (rule 3).
+struct Recommendation {
+    /// The counted backlog.
+    backlog: u64,
+    per_pod: u32,
+    /// Whether the backlog is above `activationBacklog`.
+    active: bool,
+    /// ceil(backlog / per pod), or 0 when not active; not yet within min/max.
+    wanted: u32,
+    /// `wanted` within [minReplicas, maxReplicas].
+    replicas: u32,
+}
+
+/// Replicas, reason and limit as they stand after a rule.
+struct Proposal {
+    replicas: u32,
+    reason: ScaleReason,
+    limit: Option<Limit>,
+}
+
+/// Rule 3: counted backlog over target per pod, rounded up; 0 at or below the activation
+/// threshold.
+fn recommend(policy: &ScalingPolicy, depth: &QueueDepth) -> Recommendation {
+    let backlog = policy.counted_backlog(depth);
     let per_pod = policy.target_backlog_per_pod.max(1);
     let active = backlog > policy.activation_backlog;
     let wanted = if active {
@@ -426,130 +527,153 @@ pub fn decide(
     } else {
         0
     };
-    let recommendation = policy.clamp(wanted);
-    let mut limit = match wanted {
+    Recommendation {
+        backlog,
+        per_pod,
+        active,
+        wanted,
+        replicas: policy.clamp(wanted),
+    }
+}
+
+/// Rule 3's proposal: the recommendation, said as activation, as capped by min/max, or as the
+/// backlog's share.
+fn propose(policy: &ScalingPolicy, target: &Recommendation, current: u32) -> Proposal {
+    let limit = match target.wanted {
         w if w > policy.max_replicas => Some(Limit::AtMaxReplicas),
         w if w < policy.min_replicas => Some(Limit::AtMinReplicas),
         _ => None,
     };
-    let mut reason = if !active {
-        ScaleReason::Activation {
-            backlog,
+    let capped = |bound| ScaleReason::Capped {
+        backlog: target.backlog,
+        per_pod: target.per_pod,
+        wanted: target.wanted,
+        bound,
+    };
+    let reason = match limit {
+        _ if !target.active => ScaleReason::Activation {
+            backlog: target.backlog,
             activation_backlog: policy.activation_backlog,
             current,
-            replicas: recommendation,
-        }
-    } else if let Some(Limit::AtMaxReplicas) = limit {
-        ScaleReason::Capped {
-            backlog,
-            per_pod,
-            wanted,
-            bound: Bound::Max(policy.max_replicas),
-        }
-    } else if let Some(Limit::AtMinReplicas) = limit {
-        ScaleReason::Capped {
-            backlog,
-            per_pod,
-            wanted,
-            bound: Bound::Min(policy.min_replicas),
-        }
-    } else {
-        ScaleReason::Backlog {
-            backlog,
-            per_pod,
-            replicas: recommendation,
-        }
+            replicas: target.replicas,
+        },
+        Some(Limit::AtMaxReplicas) => capped(Bound::Max(policy.max_replicas)),
+        Some(Limit::AtMinReplicas) => capped(Bound::Min(policy.min_replicas)),
+        _ => ScaleReason::Backlog {
+            backlog: target.backlog,
+            per_pod: target.per_pod,
+            replicas: target.replicas,
+        },
     };
-
-    // 4. Stabilization windows.
-    let up_window = &policy.scale_up;
-    let down_window = &policy.scale_down;
-    let lowest_up = history
-        .recommendations_within(now, secs(up_window.stabilization_window_seconds))
-        .fold(recommendation, u32::min);
-    let highest_down = history
-        .recommendations_within(now, secs(down_window.stabilization_window_seconds))
-        .fold(recommendation, u32::max);
-    let mut replicas = current;
-    if replicas < lowest_up {
-        replicas = lowest_up;
-    }
-    if replicas > highest_down {
-        replicas = highest_down;
-    }
-    if replicas != recommendation {
-        reason = if recommendation > current {
-            ScaleReason::UpStabilized {
-                window_seconds: up_window.stabilization_window_seconds,
-                lowest: lowest_up,
-            }
-        } else {
-            ScaleReason::DownStabilized {
-                window_seconds: down_window.stabilization_window_seconds,
-                highest: highest_down,
-            }
-        };
-    }
-
-    // 5. Step limits.
-    let direction = match replicas.cmp(&current) {
-        std::cmp::Ordering::Greater => Some(Direction::Up),
-        std::cmp::Ordering::Less => Some(Direction::Down),
-        std::cmp::Ordering::Equal => None,
-    };
-    if let Some(direction) = direction {
-        let rules = match direction {
-            Direction::Up => &policy.scale_up,
-            Direction::Down => &policy.scale_down,
-        };
-        if rules.select_policy == SelectPolicy::Disabled {
-            replicas = current;
-            reason = ScaleReason::Disabled {
-                direction,
-                replicas,
-            };
-        } else if let Some((bound, step)) = step_limit(rules, direction, history, current, now) {
-            let limited = match direction {
-                Direction::Up => replicas > bound,
-                Direction::Down => replicas < bound,
-            };
-            if limited {
-                replicas = bound;
-                reason = ScaleReason::StepLimited {
-                    direction,
-                    policy: step.clone(),
-                    replicas,
-                };
-                limit = Some(match direction {
-                    Direction::Up => Limit::ScaleUpPolicy,
-                    Direction::Down => Limit::ScaleDownPolicy,
-                });
-            }
-        }
-    }
-
-    // 6. Bounds win over everything else (e.g. after maxReplicas was lowered).
-    let bounded = policy.clamp(replicas);
-    if bounded != replicas {
-        let bound = if bounded < replicas {
-            Bound::Max(policy.max_replicas)
-        } else {
-            Bound::Min(policy.min_replicas)
-        };
-        replicas = bounded;
-        reason = ScaleReason::Capped {
-            backlog,
-            per_pod,
-            wanted,
-            bound,
-        };
-    }
-    Decision {
-        replicas,
-        recommendation: Some(recommendation),
-        backlog: Some(backlog),
+    Proposal {
+        replicas: target.replicas,
         reason,
         limit,
+    }
+}
+
+/// Rule 4: up only to the lowest recommendation of the scale-up window, down only to the
+/// highest of the scale-down window (this one included in both).
+fn stabilize(
+    policy: &ScalingPolicy,
+    history: &History,
+    target: &Recommendation,
+    proposal: Proposal,
+    current: u32,
+    now: Instant,
+) -> Proposal {
+    let up_window = policy.scale_up.stabilization_window_seconds;
+    let down_window = policy.scale_down.stabilization_window_seconds;
+    let lowest_up = history
+        .recommendations_within(now, secs(up_window))
+        .fold(target.replicas, u32::min);
+    let highest_down = history
+        .recommendations_within(now, secs(down_window))
+        .fold(target.replicas, u32::max);
+    let replicas = current.max(lowest_up).min(highest_down);
+    if replicas == target.replicas {
+        return proposal;
+    }
+    let reason = if target.replicas > current {
+        ScaleReason::UpStabilized {
+            window_seconds: up_window,
+            lowest: lowest_up,
+        }
+    } else {
+        ScaleReason::DownStabilized {
+            window_seconds: down_window,
+            highest: highest_down,
+        }
+    };
+    Proposal {
+        replicas,
+        reason,
+        ..proposal
+    }
+}
+
+/// Rule 5: the direction's step policies cap the change; `Disabled` forbids it.
+fn limit_steps(
+    policy: &ScalingPolicy,
+    history: &History,
+    proposal: Proposal,
+    current: u32,
+    now: Instant,
+) -> Proposal {
+    let direction = match proposal.replicas.cmp(&current) {
+        std::cmp::Ordering::Greater => Direction::Up,
+        std::cmp::Ordering::Less => Direction::Down,
+        std::cmp::Ordering::Equal => return proposal,
+    };
+    let rules = policy.rules(direction);
+    if rules.select_policy == SelectPolicy::Disabled {
+        return Proposal {
+            replicas: current,
+            reason: ScaleReason::Disabled {
+                direction,
+                replicas: current,
+            },
+            ..proposal
+        };
+    }
+    match step_limit(rules, direction, history, current, now) {
+        Some((bound, step)) if direction.goes_past(proposal.replicas, bound) => Proposal {
+            replicas: bound,
+            reason: ScaleReason::StepLimited {
+                direction,
+                policy: step.clone(),
+                replicas: bound,
+            },
+            limit: Some(direction.policy_limit()),
+        },
+        _ => proposal,
+    }
+}
+
+/// Rule 6: bounds win over everything else (e.g. after maxReplicas was lowered).
+fn keep_within_bounds(
+    policy: &ScalingPolicy,
+    target: &Recommendation,
+    proposal: Proposal,
+) -> Proposal {
+    let bounded = policy.clamp(proposal.replicas);
+    if bounded == proposal.replicas {
+        return proposal;
+    }
+    let bound = if bounded < proposal.replicas {
+        Bound::Max(policy.max_replicas)
+    } else {
+        Bound::Min(policy.min_replicas)
+    };
+    Proposal {
+        replicas: bounded,
+        reason: ScaleReason::Capped {
+            backlog: target.backlog,
+            per_pod: target.per_pod,
+            wanted: target.wanted,
+            bound,
+        },
+        ..proposal
     }
 }
 
@@ -600,27 +724,6 @@ fn step_limit<'a>(
         bounds.max_by_key(|(bound, _)| *bound)
     } else {
         bounds.min_by_key(|(bound, _)| *bound)
-    }
-}
-
-/// A pool's history with the two calls the controller and a simulator make every poll.
-#[derive(Clone, Debug, Default)]
-pub struct Autoscaler {
-    pub history: History,
-}
-
-impl Autoscaler {
-    /// Decides and records the decision, assuming it is carried out.
-    pub fn step(
-        &mut self,
-        policy: &ScalingPolicy,
-        depth: Option<&QueueDepth>,
-        current: u32,
-        now: Instant,
-    ) -> Decision {
-        let decision = decide(policy, &self.history, depth, current, now);
-        self.history.record(policy, now, &decision, current);
-        decision
     }
 }
 
@@ -938,10 +1041,11 @@ mod tests {
             let decision = decide(
                 &row.policy,
                 &History::new(),
-                row.depth.as_ref(),
+                &Observation::fresh(row.depth),
                 row.current,
                 now,
-            );
+            )
+            .decision;
             assert_eq!(decision.replicas, row.replicas, "{}: replicas", row.name);
             assert_eq!(
                 decision.reason.to_string(),
@@ -953,30 +1057,47 @@ mod tests {
         }
     }
 
-    /// Drives an autoscaler through (seconds, visible backlog) readings, carrying out each
-    /// decision, and returns the replicas after each step.
+    /// Decides on (seconds, visible backlog) readings as the controller does, carrying out
+    /// each decision and keeping its history, and returns the replicas after each step.
     fn run(
         policy: &ScalingPolicy,
         start: u32,
         readings: &[(u64, Option<u64>)],
     ) -> Vec<(u32, String)> {
+        let fresh = |(at, visible): &(u64, Option<u64>)| (*at, *visible, true);
+        run_observed(
+            policy,
+            start,
+            &readings.iter().map(fresh).collect::<Vec<_>>(),
+        )
+    }
+
+    /// Like [`run`], with (seconds, visible backlog, fresh) observations.
+    fn run_observed(
+        policy: &ScalingPolicy,
+        start: u32,
+        observations: &[(u64, Option<u64>, bool)],
+    ) -> Vec<(u32, String)> {
         let t0 = Instant::now();
-        let mut autoscaler = Autoscaler {
-            history: History::starting_at(t0, start),
-        };
+        let mut history = History::starting_at(t0, start);
         let mut current = start;
-        readings
+        observations
             .iter()
-            .map(|(at, visible)| {
-                let reading = visible.map(depth);
-                let decision = autoscaler.step(
+            .map(|(at, visible, fresh)| {
+                let observed = Observation {
+                    depth: visible.map(depth),
+                    fresh: *fresh,
+                };
+                let decided = decide(
                     policy,
-                    reading.as_ref(),
+                    &history,
+                    &observed,
                     current,
                     t0 + Duration::from_secs(*at),
                 );
-                current = decision.replicas;
-                (current, decision.reason.to_string())
+                history = decided.history;
+                current = decided.decision.replicas;
+                (current, decided.decision.reason.to_string())
             })
             .collect()
     }
@@ -1131,14 +1252,80 @@ mod tests {
     fn history_forgets_what_no_window_needs() {
         let policy = ScalingPolicy::new(0, 5);
         let t0 = Instant::now();
-        let mut autoscaler = Autoscaler::default();
+        let mut history = History::new();
         for s in 0..1000 {
-            autoscaler.step(&policy, Some(&depth(s % 7)), 1, t0 + Duration::from_secs(s));
+            let observed = Observation::fresh(Some(depth(s % 7)));
+            history = decide(&policy, &history, &observed, 1, t0 + Duration::from_secs(s)).history;
         }
         assert!(
-            autoscaler.history.recommendations.len() <= 61,
+            history.recommendations.len() <= 61,
             "{}",
-            autoscaler.history.recommendations.len()
+            history.recommendations.len()
         );
+    }
+
+    #[test]
+    fn a_reused_reading_is_not_counted_twice_in_the_window() {
+        let policy = ScalingPolicy::new(0, 20);
+        // The reading of t=0 reused at t=50 (a watch event within the poll interval) does not
+        // renew it: at t=61 the window holds no 10 any more and the pool scales down.
+        let reused = run_observed(
+            &policy,
+            0,
+            &[
+                (0, Some(10), true),
+                (50, Some(10), false),
+                (61, Some(0), true),
+            ],
+        );
+        let replicas: Vec<u32> = reused.iter().map(|(r, _)| *r).collect();
+        assert_eq!(replicas, [10, 10, 0], "{reused:?}");
+        // Read afresh at t=50, the same depth holds the pool until t=110.
+        let fresh = run(&policy, 0, &[(0, Some(10)), (50, Some(10)), (61, Some(0))]);
+        let replicas: Vec<u32> = fresh.iter().map(|(r, _)| *r).collect();
+        assert_eq!(replicas, [10, 10, 10], "{fresh:?}");
+    }
+
+    #[test]
+    fn a_reused_reading_still_counts_its_change_for_step_limits() {
+        let policy = ScalingPolicy {
+            scale_up: ScalingRules {
+                policies: vec![pods(4, 60)],
+                ..ScalingRules::default_up()
+            },
+            ..ScalingPolicy::new(0, 50)
+        };
+        // t=0 adds 4 pods. The reading reused at t=61 (a new period) adds 4 more, and that
+        // change counts: at t=62 the period holds +4 already, so no more pods.
+        let steps = run_observed(
+            &policy,
+            0,
+            &[
+                (0, Some(30), true),
+                (61, Some(30), false),
+                (62, Some(30), true),
+            ],
+        );
+        let replicas: Vec<u32> = steps.iter().map(|(r, _)| *r).collect();
+        assert_eq!(replicas, [4, 8, 8], "{steps:?}");
+    }
+
+    #[test]
+    fn the_caller_history_is_untouched_until_it_keeps_the_result() {
+        let policy = ScalingPolicy::new(0, 20);
+        let t0 = Instant::now();
+        let history = History::starting_at(t0, 3);
+        let before = history.clone();
+        let decided = decide(
+            &policy,
+            &history,
+            &Observation::fresh(Some(depth(9))),
+            3,
+            t0,
+        );
+        assert_eq!(decided.decision.replicas, 9);
+        assert_eq!(history.recommendations, before.recommendations);
+        assert_eq!(history.changes, before.changes);
+        assert_eq!(decided.history.changes.back(), Some(&(t0, 6)));
     }
 }

@@ -11,9 +11,14 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::contract;
+
 pub const GROUP: &str = "queueworker.io";
 /// Label on the Deployment and its pods naming the pool they belong to.
 pub const POOL_LABEL: &str = "queueworker.io/pool";
+/// Kubernetes' annotation the operator sets on a pool's pods before scaling down: their
+/// in-flight job count, so the ReplicaSet removes idle pods first.
+pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// A pool of queue workers: a Deployment whose replicas follow the depth of one SQS queue.
 // Several `printcolumn(type_ = "integer", …)` look like duplicated attributes to clippy.
@@ -105,8 +110,10 @@ pub struct QueueWorkerPoolSpec {
     #[serde(default)]
     pub paused: bool,
 
-    /// The worker pod template. The operator adds the queue settings and WORKER_CONCURRENCY
-    /// to every container's environment.
+    /// The worker pod template. The operator sets the queue settings, WORKER_CONCURRENCY,
+    /// WORKER_ADMIN_PORT and WORKER_DRAIN_SECONDS in every container's environment; the drain
+    /// is terminationGracePeriodSeconds minus 5 s, or 25 s with a grace period of 30 s when
+    /// the template sets none.
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
 }
@@ -277,7 +284,7 @@ impl QueueWorkerPoolSpec {
 }
 
 fn default_concurrency() -> i32 {
-    1
+    contract::DEFAULT_CONCURRENCY as i32
 }
 fn default_true() -> bool {
     true
@@ -285,11 +292,12 @@ fn default_true() -> bool {
 fn default_poll_interval() -> i32 {
     5
 }
+// A Secret's keys default to the names of the variables they end up in.
 fn default_access_key_id_key() -> String {
-    "AWS_ACCESS_KEY_ID".into()
+    contract::AWS_ACCESS_KEY_ID.into()
 }
 fn default_secret_access_key_key() -> String {
-    "AWS_SECRET_ACCESS_KEY".into()
+    contract::AWS_SECRET_ACCESS_KEY.into()
 }
 
 /// The pod template as an object with the parts the operator relies on (at least one container
@@ -368,7 +376,7 @@ mod tests {
     fn checked_in_crd_matches_the_types() {
         assert!(
             CHECKED_IN == crd_yaml(),
-            "crds/queueworkerpool.yaml is stale: run `make crds` (cargo run -p qwp-operator --bin crdgen > crds/queueworkerpool.yaml)"
+            "crds/queueworkerpool.yaml is stale: run `make crds` (cargo run -p qwp-pool --bin crdgen > crds/queueworkerpool.yaml)"
         );
     }
 
