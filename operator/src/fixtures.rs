@@ -897,13 +897,22 @@ mod scenarios {
         );
     }
 
-    /// A log writer the test reads back.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    thread_local! {
+        /// Where the log lines of this thread go, if a test captures them.
+        static CAPTURE: std::cell::RefCell<Option<Arc<Mutex<Vec<u8>>>>> =
+            const { std::cell::RefCell::new(None) };
+    }
 
-    impl std::io::Write for Captured {
+    /// A log writer that keeps the lines of threads that asked for them and drops the rest.
+    struct ThreadCapture;
+
+    impl std::io::Write for ThreadCapture {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
+            CAPTURE.with(|c| {
+                if let Some(buffer) = c.borrow().as_ref() {
+                    buffer.lock().unwrap().extend_from_slice(bytes);
+                }
+            });
             Ok(bytes.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -911,17 +920,29 @@ mod scenarios {
         }
     }
 
+    /// Captures this thread's log lines. The subscriber is process-wide: a scoped one races
+    /// with other test threads over tracing's global callsite-interest and max-level caches
+    /// (an INFO span could be cached as disabled while a WARN event still got through).
+    fn capture_logs() -> Arc<Mutex<Vec<u8>>> {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(|| ThreadCapture)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber");
+        });
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        CAPTURE.with(|c| *c.borrow_mut() = Some(buffer.clone()));
+        buffer
+    }
+
     #[tokio::test]
     async fn every_log_line_of_a_reconcile_names_the_pool() {
-        let logs = Captured::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
         // The test runtime has one thread: the reconcile and the mocked API server run on it.
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let logs = capture_logs();
 
         let mut test = Context::test(FakeProbe::default());
         test.queue
@@ -939,7 +960,7 @@ mod scenarios {
             )
             .await;
         assert!(result.is_ok(), "{result:?}");
-        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
             lines.iter().any(|l| l.contains("queue depth unreadable")),
