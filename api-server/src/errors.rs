@@ -31,6 +31,15 @@ pub enum ApiError {
     #[error("the request body could not be read: the upload was interrupted or badly framed")]
     BodyUnreadable,
 
+    #[error(
+        "the upload did not arrive within {seconds} s (BODY_TIMEOUT_SECONDS); nothing was \
+         accepted"
+    )]
+    BodyTimeout { seconds: u64 },
+
+    #[error("missing or invalid bearer token: send Authorization: Bearer <token>")]
+    Unauthorized,
+
     #[error("{0}")]
     InvalidJobId(#[from] JobIdError),
 
@@ -43,11 +52,30 @@ pub enum ApiError {
     #[error("job {0} was never submitted (or its input has expired)")]
     JobNotFound(JobId),
 
+    // Never names the other job: a key can be guessed, a job id must not be learnt.
     #[error(
-        "Idempotency-Key was already used for a different upload (job {existing}); \
-         send new content with a new key"
+        "Idempotency-Key was already used for a different upload; send new content with \
+         a new key"
     )]
-    IdempotencyConflict { existing: JobId },
+    IdempotencyConflict,
+
+    #[error(
+        "a request with this Idempotency-Key is still being accepted; retry after the \
+         Retry-After delay to get its answer"
+    )]
+    IdempotencyInProgress,
+
+    #[error(
+        "the server is receiving as many uploads as its memory allows; nothing was \
+         accepted, retry later"
+    )]
+    ServerBusy,
+
+    #[error(
+        "the request did not finish within REQUEST_TIMEOUT_SECONDS; if it was an upload \
+         with an Idempotency-Key, retry with the same key to learn whether it was accepted"
+    )]
+    RequestTimeout,
 
     #[error("job storage is unavailable; nothing was accepted, retry later")]
     StorageUnavailable,
@@ -75,12 +103,16 @@ impl ApiError {
             | InvalidJobId(_)
             | InvalidQuery(_)
             | InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             JobNotFound(_) | NoRoute(_) => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            IdempotencyConflict { .. } => StatusCode::CONFLICT,
-            StorageUnavailable | QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            IdempotencyConflict | IdempotencyInProgress => StatusCode::CONFLICT,
+            StorageUnavailable | QueueUnavailable | ServerBusy | RequestTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ResultUnreadable(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -90,10 +122,15 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        let headers = response.headers_mut();
+        if status == StatusCode::SERVICE_UNAVAILABLE
+            || matches!(self, ApiError::IdempotencyInProgress)
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if matches!(self, ApiError::BodyTimeout { .. }) {
+            // The rest of a slow body is not worth waiting for: close the connection.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -136,5 +173,26 @@ mod tests {
 
         let (status, _, _) = body_of(ApiError::PayloadTooLarge { limit_mb: 8 }).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+        let (status, retry, body) = body_of(ApiError::IdempotencyInProgress).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(retry.unwrap(), "2");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("still being accepted")
+        );
+
+        let (status, retry, _) = body_of(ApiError::IdempotencyConflict).await;
+        assert_eq!((status, retry), (StatusCode::CONFLICT, None));
+
+        let (status, retry, _) = body_of(ApiError::ServerBusy).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry.unwrap(), "2");
+
+        let response = ApiError::BodyTimeout { seconds: 30 }.into_response();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(response.headers()[header::CONNECTION], "close");
     }
 }

@@ -1,10 +1,9 @@
 use std::process::ExitCode;
 
 use qwp_api_server::settings::Settings;
-use qwp_api_server::{AppState, serve};
+use qwp_api_server::{AppState, Listeners, serve};
 use qwp_jobs::aws::AwsClients;
 use qwp_runtime::signals;
-use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -16,10 +15,10 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match TcpListener::bind(("0.0.0.0", settings.port)).await {
-        Ok(listener) => listener,
+    let listeners = match Listeners::bind(&settings).await {
+        Ok(listeners) => listeners,
         Err(err) => {
-            tracing::error!(port = settings.port, error = %err, "cannot listen");
+            tracing::error!(port = settings.port, admin_port = settings.admin_port, error = %err, "cannot listen");
             return ExitCode::from(1);
         }
     };
@@ -30,17 +29,29 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let address =
+        |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let clients = AwsClients::connect(&settings.config).await;
+    if settings.tokens.is_empty() {
+        tracing::warn!(
+            "API_TOKENS is not set: the API is unauthenticated; keep it behind an \
+             authenticating ingress"
+        );
+    }
     tracing::info!(
-        address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        address = %address(&listeners.public),
+        admin_address = %address(&listeners.admin),
         input_bucket = %settings.config.s3_in_bucket,
         output_bucket = %settings.config.s3_out_bucket,
         max_file_mb = settings.config.max_file_mb,
         max_wait_seconds = settings.config.max_wait_seconds,
+        upload_memory_mb = settings.upload_memory_bytes / (1024 * 1024),
+        max_connections = settings.max_connections,
+        authenticated = !settings.tokens.is_empty(),
         "qwp-api-server listening"
     );
     let state = AppState::new(settings, clients);
-    match serve(listener, state, shutdown.cancelled_owned()).await {
+    match serve(listeners, state, shutdown.cancelled_owned()).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS

@@ -1,5 +1,6 @@
 //! Prometheus metrics: requests by route and status, latency per route, jobs accepted,
-//! waits that ran out of time, and how hard the result waiter works S3.
+//! waits that ran out of time, how hard the result waiter works S3, and the limits:
+//! the upload memory budget, refusals, connections, idempotency outcomes, dependencies.
 
 use std::time::Instant;
 
@@ -27,6 +28,21 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabels {
+    pub dependency: &'static str,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -37,6 +53,16 @@ pub struct Metrics {
     pub wait_timeouts: Counter,
     pub result_polls: Counter,
     pub active_pollers: Gauge,
+    pub upload_memory_budget: Gauge,
+    pub upload_memory_in_use: Gauge,
+    pub uploads_waiting: Gauge,
+    /// Uploads answered without being stored: `memory_budget` (503), `body_timeout` (408).
+    pub uploads_refused: Family<ReasonLabels, Counter>,
+    pub connections_open: Gauge,
+    pub auth_failures: Counter,
+    /// `created`, `replayed`, `conflict`, `in_progress`, `waited`, `recovered`, `expired`.
+    pub idempotency: Family<OutcomeLabels, Counter>,
+    pub dependency_up: Family<DependencyLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -53,6 +79,14 @@ impl Default for Metrics {
         let wait_timeouts = Counter::default();
         let result_polls = Counter::default();
         let active_pollers = Gauge::default();
+        let upload_memory_budget = Gauge::default();
+        let upload_memory_in_use = Gauge::default();
+        let uploads_waiting = Gauge::default();
+        let uploads_refused = Family::<ReasonLabels, Counter>::default();
+        let connections_open = Gauge::default();
+        let auth_failures = Counter::default();
+        let idempotency = Family::<OutcomeLabels, Counter>::default();
+        let dependency_up = Family::<DependencyLabels, Gauge>::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -83,8 +117,56 @@ impl Default for Metrics {
             "Jobs the result waiter is currently polling for",
             active_pollers.clone(),
         );
+        registry.register(
+            "upload_memory_budget_bytes",
+            "UPLOAD_MEMORY_MB: bytes of upload bodies that may be held at once",
+            upload_memory_budget.clone(),
+        );
+        registry.register(
+            "upload_memory_reserved_bytes",
+            "Bytes of the upload memory budget reserved right now",
+            upload_memory_in_use.clone(),
+        );
+        registry.register(
+            "uploads_waiting",
+            "Uploads waiting for room in the memory budget",
+            uploads_waiting.clone(),
+        );
+        registry.register(
+            "uploads_refused",
+            "Uploads answered without being stored, by reason",
+            uploads_refused.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Open client connections on the public port (at most MAX_CONNECTIONS)",
+            connections_open.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Requests refused with 401",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "idempotency_keys",
+            "Requests with an Idempotency-Key, by outcome",
+            idempotency.clone(),
+        );
+        registry.register(
+            "dependency_up",
+            "1 when the last readiness check reached the dependency",
+            dependency_up.clone(),
+        );
         Metrics {
             registry,
+            upload_memory_budget,
+            upload_memory_in_use,
+            uploads_waiting,
+            uploads_refused,
+            connections_open,
+            auth_failures,
+            idempotency,
+            dependency_up,
             requests,
             latency,
             jobs_accepted,
@@ -98,6 +180,25 @@ impl Default for Metrics {
 impl AsRef<Registry> for Metrics {
     fn as_ref(&self) -> &Registry {
         &self.registry
+    }
+}
+
+impl Metrics {
+    pub fn refused(&self, reason: &'static str) {
+        self.uploads_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn idempotency_outcome(&self, outcome: &'static str) {
+        self.idempotency
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// The exposition text, as `/metrics` serves it (tests read counters from it).
+    pub fn render(&self) -> String {
+        qwp_runtime::metrics::encode(&self.registry)
     }
 }
 

@@ -1,8 +1,9 @@
 //! Reading jobs back: `GET /status/{job_id}` (seed 001) and `GET /jobs/{job_id}`, plus
-//! the health and readiness probes.
+//! the liveness probe `GET /health` (readiness is on the admin port).
 
 use std::time::Duration;
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -10,9 +11,10 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use qwp_jobs::{JobId, JobIdError};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::deadline::Deadline;
 use crate::errors::ApiError;
 use crate::store::FetchError;
 use crate::submit::{parse_query, respond, wait_duration};
@@ -24,24 +26,27 @@ struct StatusQuery {
 
 pub async fn status_seed(
     State(state): State<AppState>,
+    Extension(deadline): Extension<Deadline>,
     path: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    job_status(state, path, &uri, "/status").await
+    job_status(state, deadline, path, &uri, "/status").await
 }
 
 pub async fn status_job(
     State(state): State<AppState>,
+    Extension(deadline): Extension<Deadline>,
     path: Result<Path<String>, PathRejection>,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    job_status(state, path, &uri, "/jobs").await
+    job_status(state, deadline, path, &uri, "/jobs").await
 }
 
 /// 200 with the result, 202 while the job is known but unfinished, 404 for a job that
 /// was never submitted. `?wait=SECONDS` turns the 202 into a long poll.
 async fn job_status(
     state: AppState,
+    deadline: Deadline,
     path: Result<Path<String>, PathRejection>,
     uri: &Uri,
     poll_base: &str,
@@ -71,7 +76,7 @@ async fn job_status(
             None => Err(ApiError::JobNotFound(job_id)),
         };
     }
-    respond(&state, job_id, wait, poll_base).await
+    respond(&state, job_id, deadline.cap(wait), poll_base).await
 }
 
 async fn result_response(state: &AppState, job_id: &JobId) -> Result<Option<Response>, ApiError> {
@@ -92,34 +97,4 @@ async fn result_response(state: &AppState, job_id: &JobId) -> Result<Option<Resp
 /// Liveness (seed 001): the process answers.
 pub async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
-}
-
-/// Readiness: S3 buckets and the SQS queue answer, and the server is not draining.
-pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.shutdown.is_cancelled() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "draining" })),
-        )
-            .into_response();
-    }
-    let mut checks = Map::new();
-    let mut ready = true;
-    for (name, result) in state.store.check_ready().await {
-        let verdict = match result {
-            Ok(()) => "ok",
-            Err(err) => {
-                tracing::warn!(check = name, error = %err, "readiness check failed");
-                ready = false;
-                "unavailable"
-            }
-        };
-        checks.insert(name.to_string(), Value::from(verdict));
-    }
-    let (status, word) = if ready {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    };
-    (status, Json(json!({ "status": word, "checks": checks }))).into_response()
 }

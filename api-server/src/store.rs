@@ -268,6 +268,33 @@ impl JobStore {
     }
 }
 
+/// The clients with every call bounded by `per_call` (all attempts together), so a job
+/// acceptance, and therefore a request and a shutdown, has an upper bound even when
+/// S3 or SQS hangs.
+pub fn with_timeouts(clients: AwsClients, per_call: std::time::Duration) -> AwsClients {
+    let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(per_call.min(std::time::Duration::from_secs(2)))
+        .operation_attempt_timeout(per_call)
+        .operation_timeout(per_call)
+        .build();
+    let s3 = clients
+        .s3
+        .config()
+        .to_builder()
+        .timeout_config(timeouts.clone())
+        .build();
+    let sqs = clients
+        .sqs
+        .config()
+        .to_builder()
+        .timeout_config(timeouts)
+        .build();
+    AwsClients {
+        s3: aws_sdk_s3::Client::from_conf(s3),
+        sqs: aws_sdk_sqs::Client::from_conf(sqs),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

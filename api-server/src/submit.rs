@@ -1,11 +1,18 @@
 //! Job submission: `POST /` (seed 001, field `inputFile`) and `POST /jobs` (field `file`
-//! or a raw body with `?filename=`). Input first, message second; if the message cannot
-//! be sent the input is deleted again, so a job is either fully accepted or not at all.
+//! or a raw body with `?filename=`).
+//!
+//! The order is what keeps memory and state bounded: everything the headers can decide
+//! (query, key, content type, declared size) is answered before the body is read; the
+//! upload then reserves its memory from the budget (or is answered 503); the body must
+//! arrive within `BODY_TIMEOUT_SECONDS` (or 408); only a complete body is stored. Input
+//! first, message second; if the message cannot be sent the input is deleted again, so
+//! a job is either fully accepted or not at all.
 
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -15,10 +22,13 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::AppState;
+use crate::auth::Caller;
+use crate::budget::Reservation;
+use crate::deadline::Deadline;
 use crate::errors::ApiError;
-use crate::idempotency::{self, Claim, IdempotencyKey, Record};
+use crate::idempotency::{self, Claim, Fingerprint, IdempotencyKey};
 use crate::results::Lookup;
-use crate::upload::{UploadForm, read_upload};
+use crate::upload::{self, Upload, UploadForm, UploadPlan, read_upload};
 
 const SEED_FORM: UploadForm = UploadForm {
     field: "inputFile",
@@ -49,92 +59,165 @@ pub async fn submit_job(
     submit(state, request, JOBS_FORM, "/jobs").await
 }
 
+/// What the headers decided about a submission.
+struct Submission {
+    wait: Duration,
+    filename: Option<String>,
+    key: Option<IdempotencyKey>,
+    plan: UploadPlan,
+}
+
+fn inspect(state: &AppState, parts: &Parts, form: UploadForm) -> Result<Submission, ApiError> {
+    let query: SubmitQuery = parse_query(&parts.uri)?;
+    let wait = wait_duration(
+        query.wait.as_deref(),
+        state.settings.max_wait(),
+        state.settings.max_wait(),
+    )?;
+    let key = parts
+        .headers
+        .get(idempotency::HEADER)
+        .map(|v| IdempotencyKey::parse(v.as_bytes()))
+        .transpose()?;
+    let plan = upload::plan(&parts.headers, form, state.settings.config.max_file_bytes())?;
+    Ok(Submission {
+        wait,
+        filename: query.filename,
+        key,
+        plan,
+    })
+}
+
 async fn submit(
     state: AppState,
     request: Request,
     form: UploadForm,
     poll_base: &'static str,
 ) -> Result<Response, ApiError> {
-    let query: SubmitQuery = parse_query(request.uri())?;
-    let wait = wait_duration(
-        query.wait.as_deref(),
-        state.settings.max_wait(),
-        state.settings.max_wait(),
-    )?;
-    let key = request
-        .headers()
-        .get(idempotency::HEADER)
-        .map(|v| IdempotencyKey::parse(v.as_bytes()))
-        .transpose()?;
-    let max_bytes = state.settings.config.max_file_bytes();
-    let upload = read_upload(request, form, query.filename.as_deref(), max_bytes).await?;
-
-    let job_id = JobId::new();
-    let record = Record {
-        job_id,
-        filename: upload.filename.to_string(),
-        content_sha256: upload.content_sha256.clone(),
+    let (parts, body) = request.into_parts();
+    let deadline = parts.extensions.get::<Deadline>().copied();
+    let caller = parts
+        .extensions
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or_default();
+    let submission = match inspect(&state, &parts, form) {
+        Ok(submission) => submission,
+        Err(err) => {
+            upload::discard(&state, &parts.headers, body).await;
+            return Err(err);
+        }
     };
-    let message = JobMessage::new(job_id, upload.filename);
-    // Spawned so a client hanging up mid-way cannot cancel it between the S3 write and
-    // the SQS send (or before a failed job's idempotency key is released).
-    let accepting = tokio::spawn({
+    let admitted = state
+        .budget
+        .admit(
+            submission.plan.memory_bytes(),
+            state.settings.upload_admission_wait,
+        )
+        .await;
+    let Ok(reservation) = admitted else {
+        state.metrics.refused("memory_budget");
+        upload::discard(&state, &parts.headers, body).await;
+        return Err(ApiError::ServerBusy);
+    };
+    let request = Request::from_parts(parts, body);
+    let read = tokio::time::timeout(
+        state.settings.body_timeout,
+        read_upload(
+            &state,
+            request,
+            submission.plan,
+            reservation,
+            submission.filename.as_deref(),
+        ),
+    )
+    .await;
+    let Ok(upload) = read else {
+        state.metrics.refused("body_timeout");
+        return Err(ApiError::BodyTimeout {
+            seconds: state.settings.body_timeout.as_secs(),
+        });
+    };
+    let upload = upload?;
+
+    // Spawned (and tracked, so shutdown waits for it) so that a client hanging up, or the
+    // request deadline, cannot cancel it between the S3 write and the SQS send, or before
+    // an idempotency key is committed or released.
+    let accepting = state.accepts.spawn({
         let state = state.clone();
-        async move { accept(&state, key.as_ref(), &record, &message, upload.bytes).await }
+        let key = submission.key;
+        async move { accept(&state, &caller, key.as_ref(), upload).await }
     });
-    let job_id = match accepting.await {
-        Ok(Ok(Accepted::New)) => job_id,
+    let wait = deadline.map_or(submission.wait, |d| d.cap(submission.wait));
+    match accepting.await {
+        Ok(Ok(Accepted::New(job_id))) => respond(&state, job_id, wait, poll_base).await,
         Ok(Ok(Accepted::Replay(existing))) => {
             let mut response = respond(&state, existing, wait, poll_base).await?;
             response
                 .headers_mut()
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(response);
+            Ok(response)
         }
-        Ok(Err(err)) => return Err(err),
+        Ok(Err(err)) => Err(err),
         Err(join) => {
             tracing::error!(error = %join, "job acceptance task failed");
-            return Err(ApiError::StorageUnavailable);
+            Err(ApiError::StorageUnavailable)
         }
-    };
-    respond(&state, job_id, wait, poll_base).await
+    }
 }
 
 enum Accepted {
-    New,
+    New(JobId),
     Replay(JobId),
 }
 
 async fn accept(
     state: &AppState,
+    caller: &Caller,
     key: Option<&IdempotencyKey>,
-    record: &Record,
-    message: &JobMessage,
-    bytes: Bytes,
+    upload: Upload,
 ) -> Result<Accepted, ApiError> {
-    if let Some(key) = key
-        && let Claim::Replay(existing) = state.idempotency.claim(key, record).await?
-    {
-        tracing::info!(job_id = %existing, "idempotent replay of an accepted job");
-        return Ok(Accepted::Replay(existing));
+    let ticket = match key {
+        None => None,
+        Some(key) => {
+            let fingerprint = Fingerprint {
+                filename: upload.filename.to_string(),
+                content_sha256: upload.content_sha256.clone(),
+            };
+            match state.idempotency.claim(caller, key, &fingerprint).await? {
+                Claim::Replay(existing) => {
+                    tracing::info!(job_id = %existing, "idempotent replay of an accepted job");
+                    return Ok(Accepted::Replay(existing));
+                }
+                Claim::Owned(ticket) => Some(ticket),
+            }
+        }
+    };
+    let job_id = ticket.as_ref().map_or_else(JobId::new, |t| t.job_id());
+    let message = JobMessage::new(job_id, upload.filename);
+    let stored = store_and_queue(state, &message, upload.bytes, upload.reservation).await;
+    if let Some(ticket) = &ticket {
+        match &stored {
+            Ok(()) => state.idempotency.commit(ticket).await,
+            Err(_) => state.idempotency.release(ticket).await,
+        }
     }
-    let stored = store_and_queue(state, message, bytes).await;
-    if stored.is_err()
-        && let Some(key) = key
-    {
-        state.idempotency.release(key).await;
-    }
-    stored.map(|()| Accepted::New)
+    stored.map(|()| Accepted::New(job_id))
 }
 
 async fn store_and_queue(
     state: &AppState,
     message: &JobMessage,
     bytes: Bytes,
+    reservation: Reservation,
 ) -> Result<(), ApiError> {
     let job_id = message.job_id;
     let size = bytes.len();
-    if let Err(err) = state.store.put_input(message, bytes).await {
+    let put = state.store.put_input(message, bytes).await;
+    // The body is in S3 (or refused): its memory goes back to the budget now, not when
+    // the client's result wait ends.
+    drop(reservation);
+    if let Err(err) = put {
         tracing::error!(%job_id, error = %err, "storing the input failed; job not accepted");
         return Err(ApiError::StorageUnavailable);
     }

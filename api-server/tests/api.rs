@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use qwp_api_server::settings::Settings;
-use qwp_api_server::{AppState, serve};
+use qwp_api_server::{AppState, Listeners, serve};
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_jobs::{JobId, JobResult};
 use reqwest::StatusCode;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 struct Server {
     base: String,
+    admin: String,
     state: AppState,
     client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
@@ -39,14 +40,18 @@ impl Server {
         let mut settings = Settings::with_config(stack.config.clone());
         tweak(&mut settings);
         let state = AppState::new(settings, clients);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = public.local_addr().unwrap();
+        let admin_addr: SocketAddr = admin.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, state.clone(), async move {
+        let listeners = Listeners { public, admin };
+        let task = tokio::spawn(serve(listeners, state.clone(), async move {
             let _ = stopped.await;
         }));
         Server {
             base: format!("http://{addr}"),
+            admin: format!("http://{admin_addr}"),
             state,
             client: reqwest::Client::new(),
             stop: Some(stop),
@@ -56,6 +61,11 @@ impl Server {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The admin port: readiness and metrics.
+    fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
     }
 
     async fn shutdown(mut self) {
@@ -622,7 +632,7 @@ async fn unreachable_sqs_is_503_and_leaves_no_input_behind() {
     let (status, _, body) = json_of(
         server
             .client
-            .get(server.url("/readyz"))
+            .get(server.admin_url("/readyz"))
             .send()
             .await
             .unwrap(),
@@ -722,7 +732,11 @@ async fn idempotency_key_replays_the_same_job_and_conflicts_on_new_content() {
 
     let (status, _, conflict) = json_of(submit("order-1", "{\"n\":2}").await.unwrap()).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_error_names(&conflict, &job.to_string());
+    assert_error_names(&conflict, "different upload");
+    assert!(
+        !conflict.to_string().contains(&job.to_string()),
+        "a 409 must not name the other job: {conflict}"
+    );
 
     // Concurrent first uses of one key create exactly one job.
     let racing = futures::future::join_all((0..8).map(|_| submit("order-2", "same"))).await;
@@ -816,7 +830,7 @@ async fn health_readiness_and_metrics() {
     let (status, _, body) = json_of(
         server
             .client
-            .get(server.url("/readyz"))
+            .get(server.admin_url("/readyz"))
             .send()
             .await
             .unwrap(),
@@ -841,7 +855,7 @@ async fn health_readiness_and_metrics() {
         .unwrap();
     let metrics = server
         .client
-        .get(server.url("/metrics"))
+        .get(server.admin_url("/metrics"))
         .send()
         .await
         .unwrap()
@@ -865,36 +879,41 @@ async fn health_readiness_and_metrics() {
 
 /// Reads the server's JSON log up to its "listening" line and returns the port it names; the
 /// rest of the log is drained in the background, so the server never blocks on a full pipe.
-async fn listening_port(child: &mut tokio::process::Child) -> u16 {
+async fn listening_ports(child: &mut tokio::process::Child) -> (u16, u16) {
     use tokio::io::AsyncBufReadExt;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let address = tokio::time::timeout(Duration::from_secs(30), async {
+    let listening = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.expect("read the server's log") {
             let json: Value = serde_json::from_str(&line).unwrap_or_default();
             if json["message"] == "qwp-api-server listening" {
-                return json["address"].as_str().map(str::to_string);
+                return Some(json);
             }
         }
         None
     })
     .await
     .expect("the server logged that it listens within 30 s")
-    .expect("the server logs `qwp-api-server listening` with its address");
+    .expect("the server logs `qwp-api-server listening` with its addresses");
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    address
-        .parse::<SocketAddr>()
-        .unwrap_or_else(|e| panic!("listening address {address:?}: {e}"))
-        .port()
+    let port = |field: &str| {
+        let address = listening[field].as_str().unwrap_or_default();
+        address
+            .parse::<SocketAddr>()
+            .unwrap_or_else(|e| panic!("{field} {address:?}: {e}"))
+            .port()
+    };
+    (port("address"), port("admin_address"))
 }
 
 #[tokio::test]
 async fn sigterm_finishes_requests_in_flight_then_exits() {
     let stack = TestStack::new("api-sigterm", TestStackOptions::default()).await;
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_qwp-api-server"))
-        // Port 0: the server binds a free port and logs the address it bound, read below; no
-        // port is picked for it that another process could take first.
+        // Port 0: the server binds free ports and logs the addresses it bound, read below;
+        // no port is picked for it that another process could take first.
         .env("PORT", "0")
+        .env("ADMIN_PORT", "0")
         .env("LOG_FORMAT", "json")
         .env(
             "AWS_ENDPOINT_URL",
@@ -908,8 +927,9 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         .kill_on_drop(true)
         .spawn()
         .expect("start qwp-api-server");
-    let port = listening_port(&mut child).await;
+    let (port, admin_port) = listening_ports(&mut child).await;
     let base = format!("http://127.0.0.1:{port}");
+    let admin = format!("http://127.0.0.1:{admin_port}");
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while client.get(format!("{base}/health")).send().await.is_err() {
@@ -929,7 +949,7 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
     );
     loop {
         let metrics = client
-            .get(format!("{base}/metrics"))
+            .get(format!("{admin}/metrics"))
             .send()
             .await
             .unwrap()
