@@ -838,6 +838,19 @@ async fn t7_chart_api_server_and_sample_pool_answer_the_seed_request() {
             status.last_scale_time.is_some(),
             "the sample pool never scaled: {status:?}"
         );
+        // The Service carries the public port only: the admin routes are not behind it.
+        for path in ["/metrics", "/readyz"] {
+            let response = http
+                .get(format!("{}{path}", api.base_url))
+                .send()
+                .await
+                .expect("GET through the API server's Service");
+            assert_eq!(
+                response.status(),
+                404,
+                "{path} is reachable through the public Service"
+            );
+        }
         eprintln!("[e2e] sample: POST / answered {answer}");
     })
     .await;
