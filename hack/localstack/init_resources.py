@@ -1,7 +1,9 @@
 """Create the qwp dev resources in LocalStack (idempotent).
 
 Run by `hack/localstack/localstack.sh init` with the LocalStack venv's python.
-Buckets: $S3_IN_BUCKET, $S3_OUT_BUCKET.
+Buckets: $S3_IN_BUCKET, $S3_OUT_BUCKET; the output bucket gets a lifecycle rule that
+expires the API server's idempotency records (prefix _idempotency/) a day after the
+server stops honouring them ($IDEMPOTENCY_TTL_HOURS, default 24).
 Queues: $SQS_REQ_QUEUE_NAME-dlq and $SQS_REQ_QUEUE_NAME, the latter with a
 VisibilityTimeout and a RedrivePolicy to the DLQ. Attributes are (re)applied to
 existing queues as well, so changed settings take effect.
@@ -55,6 +57,26 @@ def main() -> int:
             ):
                 raise
             print(f"bucket exists:  s3://{bucket}")
+
+    # The server ignores idempotency records older than IDEMPOTENCY_TTL_HOURS; the rule
+    # only reclaims their storage (S3 counts lifecycle ages in whole days).
+    ttl_hours = int(env("IDEMPOTENCY_TTL_HOURS", "24"))
+    expire_days = -(-ttl_hours // 24) + 1
+    out_bucket = env("S3_OUT_BUCKET", "output-bucket")
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=out_bucket,
+        LifecycleConfiguration={
+            "Rules": [
+                {
+                    "ID": "qwp-idempotency-records",
+                    "Filter": {"Prefix": "_idempotency/"},
+                    "Status": "Enabled",
+                    "Expiration": {"Days": expire_days},
+                }
+            ]
+        },
+    )
+    print(f"lifecycle:      s3://{out_bucket}/_idempotency/ expires after {expire_days} days")
 
     queue = env("SQS_REQ_QUEUE_NAME", "request-queue")
     visibility = int(env("SQS_VISIBILITY_TIMEOUT_SECONDS", "60"))
