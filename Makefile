@@ -14,7 +14,7 @@ include hack/localstack/localstack.mk
 -include hack/cluster/cluster.mk
 -include hack/keda/keda.mk
 
-.PHONY: help build release fmt lint unit test up down smoke up-local down-local smoke-local crds e2e e2e-images bench-seed face-models face-fetch bench-face face-demo-gallery kind-image kind-up kind-e2e kind-down kind-status ci
+.PHONY: help build release fmt lint unit test up down smoke up-local down-local smoke-local crds e2e e2e-images bench-seed bench-api bench-uploads face-models face-fetch bench-face face-demo-gallery kind-image kind-up kind-e2e kind-down kind-status ci
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -71,6 +71,12 @@ e2e: localstack-up cluster-up e2e-images ## The end-to-end suite on the local cl
 
 bench-seed: localstack-up cluster-up e2e-images ## The seeds' workloads on the local cluster (docs/benchmarks.md)
 	tests/e2e/bench-seed.sh
+
+bench-api: localstack-up ## API server: accepted jobs/s and latency vs raw LocalStack (docs/benchmarks.md)
+	api-server/bench/run.sh
+
+bench-uploads: localstack-up ## API server under 10/40/100 concurrent 8 MiB uploads: peak RSS, accepted jobs/s (BEFORE_BIN=old binary to compare)
+	api-server/bench/uploads.sh
 
 # kind, with Docker or Podman (whichever works; hack/kind/lib.sh), docs/e2e.md.
 kind-image: ## kind: the node image (kind's published one, or built here without a registry; cached)

@@ -16,6 +16,7 @@ SECONDS_PER_RUN="${SECONDS_PER_RUN:-15}"
 PAYLOAD_BYTES="${PAYLOAD_BYTES:-4096}"
 CONCURRENCY_LEVELS="${CONCURRENCY_LEVELS:-20 50 200}"
 PORT="${BENCH_PORT:-18000}"
+ADMIN_PORT="${BENCH_ADMIN_PORT:-18091}"
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
 TOOLS="$ROOT/.cache/tools"
 OHA="$TOOLS/bin/oha"
@@ -52,10 +53,10 @@ drop_stack() {
     STACK_UP=""
 }
 start_server() {
-    PORT="$PORT" RUST_LOG=warn "$SERVER_BIN" >>"$WORK/server.log" 2>&1 &
+    PORT="$PORT" ADMIN_PORT="$ADMIN_PORT" RUST_LOG=warn "$SERVER_BIN" >>"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do curl -fsS "$BASE/health" >/dev/null 2>&1 && break; sleep 0.1; done
-    curl -fsS "$BASE/readyz" >/dev/null || { echo "server not ready" >&2; cat "$WORK/server.log" >&2; exit 1; }
+    curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || { echo "server not ready" >&2; cat "$WORK/server.log" >&2; exit 1; }
 }
 stop_server() {
     [[ -n "$SERVER_PID" ]] || return 0
