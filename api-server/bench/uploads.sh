@@ -8,6 +8,7 @@
 #   api-server/bench/uploads.sh                                # this checkout's server
 #   BEFORE_BIN=/path/to/old/qwp-api-server api-server/bench/uploads.sh   # and an older one
 #   SECONDS_PER_RUN=30 CONCURRENCY_LEVELS="40" SERVER_ENV="UPLOAD_MEMORY_MB=160" api-server/bench/uploads.sh
+#   DRIPS=6 CONCURRENCY_LEVELS=40 api-server/bench/uploads.sh   # plus 6 slow-drip bodies (1 KiB/s)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -17,6 +18,8 @@ PAYLOAD_BYTES="${PAYLOAD_BYTES:-8388608}"
 CONCURRENCY_LEVELS="${CONCURRENCY_LEVELS:-10 40 100}"
 # Extra settings for the server under test, e.g. "UPLOAD_MEMORY_MB=160 MAX_CONNECTIONS=512".
 SERVER_ENV="${SERVER_ENV:-}"
+# Clients that announce PAYLOAD_BYTES and send 1 KiB/s, beside the uploads.
+DRIPS="${DRIPS:-0}"
 PORT="${BENCH_PORT:-18000}"
 ADMIN_PORT="${BENCH_ADMIN_PORT:-18091}"
 export AWS_ENDPOINT_URL="${AWS_ENDPOINT_URL:-http://127.0.0.1:4566}"
@@ -69,22 +72,23 @@ cleanup() {
 trap cleanup EXIT
 BASE="http://127.0.0.1:$PORT"
 
-echo "| server | clients | accepted jobs/s | accepted | 503 (Retry-After) | 408 | other/errors | accepted p50 ms | accepted p95 ms | peak RSS MiB |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| server | clients | accepted jobs/s | accepted | 503 (Retry-After) | 408 | other/errors | accepted p50 ms | accepted p95 ms | slowest answer s | slow drips answered | /health after | peak RSS MiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"
 for entry in "${SERVERS[@]}"; do
     name="${entry%%:*}"
     bin="${entry#*:}"
     for c in $CONCURRENCY_LEVELS; do
         fresh_stack
         start_server "$bin"
-        "$FLOOD" "$BASE" "$c" "$SECONDS_PER_RUN" "$PAYLOAD_BYTES" "$SERVER_PID" >"$WORK/flood.json"
+        "$FLOOD" "$BASE" "$c" "$SECONDS_PER_RUN" "$PAYLOAD_BYTES" "$SERVER_PID" "$DRIPS" >"$WORK/flood.json"
+        health="$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$BASE/health" || true)"
         stop_server
         drop_stack
-        jq -r --arg name "$name" --arg c "$c" \
-            '"| \($name) | \($c) | \(.accepted_per_sec * 10 | round / 10) | \(.accepted) | \(.refused_503) | \(.timed_out_408) | \(.other + .errors) | \(.p50_ms | round) | \(.p95_ms | round) | \(.peak_rss_mib * 10 | round / 10) |"' \
+        jq -r --arg name "$name" --arg c "$c" --arg health "$health" \
+            '"| \($name) | \($c) | \(.accepted_per_sec * 10 | round / 10) | \(.accepted) | \(.refused_503) | \(.timed_out_408) | \(.other + .errors) | \(.p50_ms | round) | \(.p95_ms | round) | \(.max_answer_ms / 100 | round / 10) | \(.drip_answers | to_entries | map("\(.value)× \(.key)") | join(", ") | if . == "" then "—" else . end) | \($health) | \(.peak_rss_mib * 10 | round / 10) |"' \
             "$WORK/flood.json"
     done
 done
 echo
 echo "load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "payload ${PAYLOAD_BYTES} B, ${SECONDS_PER_RUN} s per run${SERVER_ENV:+, server settings: $SERVER_ENV}; server, LocalStack and load generator on one $(nproc)-core machine"
+echo "payload ${PAYLOAD_BYTES} B, ${SECONDS_PER_RUN} s per run, ${DRIPS} slow drips${SERVER_ENV:+, server settings: $SERVER_ENV}; server, LocalStack and load generator on one $(nproc)-core machine"

@@ -4,14 +4,21 @@
 //! the server's peak resident memory (VmHWM of PID, the kernel's high-water mark, so no
 //! peak is missed between samples) and prints one JSON line.
 //!
+//! With DRIPS > 0, that many more clients announce BYTES and then send 1 KiB per second,
+//! from the start of the run until the server answers them (408 is expected).
+//!
 //! ```text
-//! upload_flood URL CONCURRENCY SECONDS BYTES PID
+//! upload_flood URL CONCURRENCY SECONDS BYTES PID [DRIPS]
 //! ```
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DRIP_PATIENCE: Duration = Duration::from_secs(125);
 
 #[derive(Default)]
 struct Tally {
@@ -21,22 +28,37 @@ struct Tally {
     other: u64,
     errors: u64,
     accepted_ms: Vec<f64>,
+    /// The slowest answer of any kind.
+    max_answer_ms: f64,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, concurrency, seconds, bytes, pid] = args.as_slice() else {
-        anyhow::bail!("usage: upload_flood URL CONCURRENCY SECONDS BYTES PID");
+    let (url, concurrency, seconds, bytes, pid, drips) = match args.as_slice() {
+        [url, c, s, b, pid] => (url, c, s, b, pid, "0"),
+        [url, c, s, b, pid, drips] => (url, c, s, b, pid, drips.as_str()),
+        _ => anyhow::bail!("usage: upload_flood URL CONCURRENCY SECONDS BYTES PID [DRIPS]"),
     };
+    let declared: usize = bytes.parse()?;
+    let drips: Vec<_> = (0..drips.parse::<usize>()?)
+        .map(|_| tokio::spawn(slow_drip(url.clone(), declared)))
+        .collect();
     let concurrency: usize = concurrency.parse()?;
     let run_for = Duration::from_secs(seconds.parse()?);
-    let payload = Bytes::from((0..bytes.parse::<usize>()?).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    let payload = Bytes::from(
+        (0..bytes.parse::<usize>()?)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<_>>(),
+    );
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .pool_max_idle_per_host(concurrency)
         .build()?;
-    let target = format!("{}/jobs?filename=flood.bin&wait=0", url.trim_end_matches('/'));
+    let target = format!(
+        "{}/jobs?filename=flood.bin&wait=0",
+        url.trim_end_matches('/')
+    );
     let started = Instant::now();
     let deadline = started + run_for;
     let clients: Vec<_> = (0..concurrency)
@@ -59,6 +81,9 @@ async fn main() -> anyhow::Result<()> {
                             continue;
                         }
                     };
+                    tally.max_answer_ms = tally
+                        .max_answer_ms
+                        .max(sent.elapsed().as_secs_f64() * 1000.0);
                     let status = response.status().as_u16();
                     let retry_after = response
                         .headers()
@@ -68,12 +93,17 @@ async fn main() -> anyhow::Result<()> {
                     match status {
                         202 => {
                             tally.accepted += 1;
-                            tally.accepted_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
+                            tally
+                                .accepted_ms
+                                .push(sent.elapsed().as_secs_f64() * 1000.0);
                         }
                         503 => {
                             tally.refused += 1;
                             let wait = Duration::from_secs(retry_after.unwrap_or(1));
-                            tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+                            tokio::time::sleep(
+                                wait.min(deadline.saturating_duration_since(Instant::now())),
+                            )
+                            .await;
                         }
                         408 => tally.timed_out += 1,
                         _ => tally.other += 1,
@@ -92,8 +122,17 @@ async fn main() -> anyhow::Result<()> {
         total.other += tally.other;
         total.errors += tally.errors;
         total.accepted_ms.extend(tally.accepted_ms);
+        total.max_answer_ms = total.max_answer_ms.max(tally.max_answer_ms);
     }
+    // The uploads' window; slow drips may still be waiting for their answers.
     let elapsed = started.elapsed().as_secs_f64();
+    let mut drip_answers: BTreeMap<String, u64> = BTreeMap::new();
+    let mut slowest_drip_ms: f64 = 0.0;
+    for drip in drips {
+        let (status, ms) = drip.await?;
+        *drip_answers.entry(status.to_string()).or_default() += 1;
+        slowest_drip_ms = slowest_drip_ms.max(ms);
+    }
     total.accepted_ms.sort_by(f64::total_cmp);
     let percentile = |p: f64| {
         let ms = &total.accepted_ms;
@@ -113,10 +152,60 @@ async fn main() -> anyhow::Result<()> {
             "errors": total.errors,
             "p50_ms": percentile(0.5),
             "p95_ms": percentile(0.95),
+            "max_answer_ms": total.max_answer_ms.max(slowest_drip_ms),
+            "drip_answers": drip_answers,
             "peak_rss_mib": peak_rss_mib(pid)?,
         })
     );
     Ok(())
+}
+
+/// Headers announcing `declared` bytes, then 1 KiB per second until the server answers:
+/// the answer's status (0 if it closed the connection without one) and how long it took.
+async fn slow_drip(url: String, declared: usize) -> (u16, f64) {
+    let started = Instant::now();
+    let address = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let Ok(stream) = tokio::net::TcpStream::connect(&address).await else {
+        return (0, 0.0);
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /jobs?filename=drip.bin&wait=0 HTTP/1.1\r\nHost: {address}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    let dripping = tokio::spawn(async move {
+        if writer.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        loop {
+            if writer.write_all(&[b'd'; 1024]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    // Past two minutes without an answer, give up (status 0).
+    let _ = tokio::time::timeout(DRIP_PATIENCE, async {
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    dripping.abort();
+    let status = String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, started.elapsed().as_secs_f64() * 1000.0)
 }
 
 fn peak_rss_mib(pid: &str) -> anyhow::Result<f64> {

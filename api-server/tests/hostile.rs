@@ -246,7 +246,8 @@ where
     }
 }
 
-/// The real binary, on ports it picks itself and reports in its first log line.
+/// The real binary (`QWP_API_SERVER_BIN`, default this build's), on ports it picks itself
+/// and reports in its first log line.
 struct ServerProcess {
     child: tokio::process::Child,
     pid: u32,
@@ -256,7 +257,10 @@ struct ServerProcess {
 
 impl ServerProcess {
     async fn start(stack: &TestStack, endpoint: &str, env: &[(&str, &str)]) -> ServerProcess {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_qwp-api-server"));
+        // QWP_API_SERVER_BIN runs the tests against another build, e.g. the release one.
+        let binary = std::env::var("QWP_API_SERVER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_qwp-api-server").to_string());
+        let mut command = tokio::process::Command::new(binary);
         command
             .env("PORT", "0")
             .env("ADMIN_PORT", "0")
