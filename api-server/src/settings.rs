@@ -66,7 +66,7 @@ impl Settings {
         // At least one upload of the largest size must fit, with its overhead.
         let upload_memory_mb = vars.parse_in(
             "UPLOAD_MEMORY_MB",
-            64u64.max(config.max_file_mb + 1),
+            96u64.max(config.max_file_mb + 1),
             (config.max_file_mb + 1)..=1_048_576,
         )?;
         let store_timeout = vars.parse_in("STORE_TIMEOUT_SECONDS", 10u64, 1..=600)?;
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(s.result_poll_initial, Duration::from_millis(50));
         assert_eq!(s.result_poll_max, Duration::from_secs(1));
         assert_eq!(s.max_wait(), Duration::from_secs(30));
-        assert_eq!(s.upload_memory_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.upload_memory_bytes, 96 * 1024 * 1024);
         assert_eq!(s.upload_admission_wait, Duration::from_secs(2));
         assert_eq!(s.max_connections, 256);
         assert_eq!(s.body_timeout, Duration::from_secs(30));
