@@ -2,7 +2,10 @@
 # API server under concurrent maximum-size uploads: peak RSS and accepted jobs/s with 10,
 # 40 and 100 clients each sending 8 MiB raw uploads back to back (examples/upload_flood.rs,
 # clients honour Retry-After). Each run gets a fresh server and fresh private buckets and
-# queue on LocalStack. Prints a markdown table. Needs LocalStack on AWS_ENDPOINT_URL
+# queue on LocalStack. Prints a markdown table; its "checks" column says whether every
+# request was answered within 2 minutes and every accepted job has its input in S3 and
+# its message queued, with nothing queued or stored that was not accepted (the script
+# exits 1 otherwise, after the table). Needs LocalStack on AWS_ENDPOINT_URL
 # (default http://127.0.0.1:4566): hack/localstack/localstack.sh up.
 #
 #   api-server/bench/uploads.sh                                # this checkout's server
@@ -72,8 +75,9 @@ cleanup() {
 trap cleanup EXIT
 BASE="http://127.0.0.1:$PORT"
 
-echo "| server | clients | accepted jobs/s | accepted | 503 (Retry-After) | 408 | other/errors | accepted p50 ms | accepted p95 ms | slowest answer s | slow drips answered | /health after | peak RSS MiB |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|"
+echo "| server | clients | accepted jobs/s | accepted | 503 (Retry-After) | 408 | other/errors | accepted p50 ms | accepted p95 ms | slowest answer s | slow drips answered | /health after | checks | peak RSS MiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|"
+FAILED=""
 for entry in "${SERVERS[@]}"; do
     name="${entry%%:*}"
     bin="${entry#*:}"
@@ -85,10 +89,17 @@ for entry in "${SERVERS[@]}"; do
         stop_server
         drop_stack
         jq -r --arg name "$name" --arg c "$c" --arg health "$health" \
-            '"| \($name) | \($c) | \(.accepted_per_sec * 10 | round / 10) | \(.accepted) | \(.refused_503) | \(.timed_out_408) | \(.other + .errors) | \(.p50_ms | round) | \(.p95_ms | round) | \(.max_answer_ms / 100 | round / 10) | \(.drip_answers | to_entries | map("\(.value)× \(.key)") | join(", ") | if . == "" then "—" else . end) | \($health) | \(.peak_rss_mib * 10 | round / 10) |"' \
+            '"| \($name) | \($c) | \(.accepted_per_sec * 10 | round / 10) | \(.accepted) | \(.refused_503) | \(.timed_out_408) | \(.other + .errors) | \(.p50_ms | round) | \(.p95_ms | round) | \(.max_answer_ms / 100 | round / 10) | \(.drip_answers | to_entries | map("\(.value)× \(.key)") | join(", ") | if . == "" then "—" else . end) | \($health) | \([if .unanswered > 0 then "\(.unanswered) unanswered" else empty end, if .lost > 0 then "\(.lost) lost" else empty end, if .queued_without_input > 0 then "\(.queued_without_input) queued without input" else empty end, if .stored_not_accepted > 0 then "\(.stored_not_accepted) stored, not accepted" else empty end] | if . == [] then "ok" else join(", ") end) | \(.peak_rss_mib * 10 | round / 10) |"' \
             "$WORK/flood.json"
+        if [[ "$health" != 200 ]] || ! jq -e '.unanswered == 0 and .lost == 0 and .queued_without_input == 0 and .stored_not_accepted == 0' "$WORK/flood.json" >/dev/null; then
+            FAILED+=" $name/$c"
+        fi
     done
 done
 echo
 echo "load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "payload ${PAYLOAD_BYTES} B, ${SECONDS_PER_RUN} s per run, ${DRIPS} slow drips${SERVER_ENV:+, server settings: $SERVER_ENV}; server, LocalStack and load generator on one $(nproc)-core machine"
+if [[ -n "$FAILED" ]]; then
+    echo "checks failed for:$FAILED" >&2
+    exit 1
+fi

@@ -7,18 +7,30 @@
 //! With DRIPS > 0, that many more clients announce BYTES and then send 1 KiB per second,
 //! from the start of the run until the server answers them (408 is expected).
 //!
+//! Then it audits what the server left behind, reading the stack from the usual settings
+//! (AWS_ENDPOINT_URL, S3_IN_BUCKET, S3_OUT_BUCKET, SQS_QUEUE_URL): every accepted job
+//! must have its input in the input bucket and its message on the queue (`lost`), no
+//! message may name a missing input (`queued_without_input`), and nothing refused may
+//! be stored (`stored_not_accepted`). `unanswered` counts requests that got no HTTP
+//! answer within two minutes (connection errors, client timeouts, drips cut off
+//! without a status line). It drains the queue, so run it on a stack of its own.
+//!
 //! ```text
 //! upload_flood URL CONCURRENCY SECONDS BYTES PID [DRIPS]
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use qwp_jobs::aws::AwsClients;
+use qwp_jobs::{Config, JobId, JobMessage};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const DRIP_PATIENCE: Duration = Duration::from_secs(125);
+/// The longest any request may go unanswered (the issue's bound); past it a client gives
+/// up and the request counts as unanswered.
+const ANSWER_WITHIN: Duration = Duration::from_secs(120);
 
 #[derive(Default)]
 struct Tally {
@@ -28,6 +40,7 @@ struct Tally {
     other: u64,
     errors: u64,
     accepted_ms: Vec<f64>,
+    accepted_jobs: Vec<JobId>,
     /// The slowest answer of any kind.
     max_answer_ms: f64,
 }
@@ -52,7 +65,7 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>(),
     );
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
+        .timeout(ANSWER_WITHIN)
         .pool_max_idle_per_host(concurrency)
         .build()?;
     let target = format!(
@@ -89,10 +102,14 @@ async fn main() -> anyhow::Result<()> {
                         .headers()
                         .get("retry-after")
                         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-                    let _ = response.bytes().await;
+                    let body = response.bytes().await.unwrap_or_default();
                     match status {
                         202 => {
                             tally.accepted += 1;
+                            match accepted_job(&body) {
+                                Some(job) => tally.accepted_jobs.push(job),
+                                None => tally.other += 1,
+                            }
                             tally
                                 .accepted_ms
                                 .push(sent.elapsed().as_secs_f64() * 1000.0);
@@ -122,17 +139,23 @@ async fn main() -> anyhow::Result<()> {
         total.other += tally.other;
         total.errors += tally.errors;
         total.accepted_ms.extend(tally.accepted_ms);
+        total.accepted_jobs.extend(tally.accepted_jobs);
         total.max_answer_ms = total.max_answer_ms.max(tally.max_answer_ms);
     }
     // The uploads' window; slow drips may still be waiting for their answers.
     let elapsed = started.elapsed().as_secs_f64();
     let mut drip_answers: BTreeMap<String, u64> = BTreeMap::new();
     let mut slowest_drip_ms: f64 = 0.0;
+    let mut drips_unanswered = 0;
     for drip in drips {
         let (status, ms) = drip.await?;
         *drip_answers.entry(status.to_string()).or_default() += 1;
         slowest_drip_ms = slowest_drip_ms.max(ms);
+        if status == 0 {
+            drips_unanswered += 1;
+        }
     }
+    let audit = audit(&total.accepted_jobs).await?;
     total.accepted_ms.sort_by(f64::total_cmp);
     let percentile = |p: f64| {
         let ms = &total.accepted_ms;
@@ -154,6 +177,10 @@ async fn main() -> anyhow::Result<()> {
             "p95_ms": percentile(0.95),
             "max_answer_ms": total.max_answer_ms.max(slowest_drip_ms),
             "drip_answers": drip_answers,
+            "unanswered": total.errors + drips_unanswered,
+            "lost": audit.lost,
+            "queued_without_input": audit.queued_without_input,
+            "stored_not_accepted": audit.stored_not_accepted,
             "peak_rss_mib": peak_rss_mib(pid)?,
         })
     );
@@ -190,7 +217,7 @@ async fn slow_drip(url: String, declared: usize) -> (u16, f64) {
     let mut answer = Vec::new();
     let mut buf = [0u8; 512];
     // Past two minutes without an answer, give up (status 0).
-    let _ = tokio::time::timeout(DRIP_PATIENCE, async {
+    let _ = tokio::time::timeout(ANSWER_WITHIN, async {
         while !answer.windows(2).any(|w| w == b"\r\n") {
             match reader.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
@@ -216,4 +243,84 @@ fn peak_rss_mib(pid: &str) -> anyhow::Result<f64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no VmHWM for pid {pid}"))?;
     Ok(kib / 1024.0)
+}
+
+fn accepted_job(body: &[u8]) -> Option<JobId> {
+    let body: serde_json::Value = serde_json::from_slice(body).ok()?;
+    body["job_id"].as_str()?.parse().ok()
+}
+
+/// What the server left in S3 and SQS, against what it accepted.
+struct Audit {
+    /// Accepted jobs whose input or message is missing.
+    lost: usize,
+    /// Messages whose input is not in the bucket.
+    queued_without_input: usize,
+    /// Inputs of jobs no client was told were accepted.
+    stored_not_accepted: usize,
+}
+
+async fn audit(accepted: &[JobId]) -> anyhow::Result<Audit> {
+    let config = Config::from_env()?;
+    let clients = AwsClients::connect(&config).await;
+    let queue_url = clients.request_queue_url(&config).await?;
+    let mut inputs = BTreeSet::new();
+    let mut pages = clients
+        .s3
+        .list_objects_v2()
+        .bucket(&config.s3_in_bucket)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        for object in page?.contents() {
+            inputs.extend(object.key().map(str::to_string));
+        }
+    }
+    // Every message, hidden from later receives for the rest of the audit.
+    let mut queued = Vec::new();
+    let mut empty_receives = 0;
+    while empty_receives < 2 {
+        let received = clients
+            .sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(600)
+            .wait_time_seconds(1)
+            .send()
+            .await?;
+        let messages = received.messages.unwrap_or_default();
+        if messages.is_empty() {
+            empty_receives += 1;
+        }
+        for body in messages.into_iter().filter_map(|m| m.body) {
+            queued.push(JobMessage::decode(&body)?);
+        }
+    }
+    let queued_jobs: BTreeSet<JobId> = queued.iter().map(|m| m.job_id).collect();
+    let input_of = |job: &JobId| {
+        let prefix = format!("{job}_");
+        inputs.iter().any(|key| key.starts_with(&prefix))
+    };
+    let accepted_set: BTreeSet<JobId> = accepted.iter().copied().collect();
+    Ok(Audit {
+        lost: accepted
+            .iter()
+            .filter(|job| !input_of(job) || !queued_jobs.contains(job))
+            .count(),
+        queued_without_input: queued
+            .iter()
+            .filter(|m| !inputs.contains(&m.input_key()))
+            .count(),
+        stored_not_accepted: inputs
+            .iter()
+            .filter(|key| {
+                let job = key
+                    .split('_')
+                    .next()
+                    .and_then(|id| id.parse::<JobId>().ok());
+                !job.is_some_and(|job| accepted_set.contains(&job))
+            })
+            .count(),
+    })
 }

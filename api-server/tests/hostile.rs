@@ -443,6 +443,46 @@ async fn queued_bodies(stack: &TestStack) -> Vec<String> {
     }
 }
 
+/// The queued message bodies, left visible again for the worker.
+async fn peek_queued_bodies(stack: &TestStack) -> Vec<String> {
+    let mut received = Vec::new();
+    loop {
+        let batch = stack
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(&stack.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .visibility_timeout(60)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap_or_default();
+        if batch.is_empty() {
+            break;
+        }
+        received.extend(batch);
+    }
+    let mut bodies = Vec::new();
+    for message in received {
+        stack
+            .clients
+            .sqs
+            .change_message_visibility()
+            .queue_url(&stack.queue_url)
+            .receipt_handle(message.receipt_handle.unwrap())
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+        bodies.extend(message.body);
+    }
+    bodies.sort();
+    bodies
+}
+
 /// The stored idempotency records (object key → record).
 async fn idempotency_records(stack: &TestStack) -> Vec<Value> {
     let listing = stack
@@ -559,9 +599,15 @@ fn raw_upload(
 
 /// The acceptance load on the real binary with the chart's memory settings:
 /// 40 concurrent 8 MiB uploads plus 6 slow-drip bodies. Every request gets an answer the
-/// API promises (202, 503 or 408), the peak memory stays within the budget's arithmetic,
-/// the server still answers afterwards, and every accepted job is processed: nothing lost,
-/// nothing queued without its input, nothing stored for a refused request.
+/// API promises (202, 503 or 408) within two minutes, the process survives with its peak
+/// memory under the chart's limit, the server still answers afterwards, and every
+/// accepted job is processed: nothing lost, nothing queued without its input, nothing
+/// stored or queued for a refused request.
+///
+/// The peak is bounded generously: this is a debug build (`QWP_API_SERVER_BIN` can
+/// point at the release one) on a machine shared with other builds, so the assertion is
+/// that the pod would not be OOM-killed (the old server reached ~520 MiB under this
+/// load), not the release figure; `make bench-uploads` measures that (docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_maximum_uploads_and_slow_drips_stay_within_the_memory_budget() {
     let stack = TestStack::new("hostile-load", TestStackOptions::default()).await;
@@ -619,7 +665,10 @@ async fn concurrent_maximum_uploads_and_slow_drips_stay_within_the_memory_budget
     }
     for drip in drips {
         // Cut off with 408, or refused at once when it found the budget full.
-        let status = drip.await.unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(120), drip)
+            .await
+            .expect("a slow body is answered within two minutes")
+            .unwrap();
         assert!(matches!(status, 408 | 503), "slow body answered {status}");
     }
     let peak = server.peak_rss_mib();
@@ -628,8 +677,9 @@ async fn concurrent_maximum_uploads_and_slow_drips_stay_within_the_memory_budget
         accepted.len()
     );
     assert!(!accepted.is_empty(), "nothing was accepted");
-    // 96 MiB of bodies, 46 connections' buffers and the process itself.
-    assert!(peak < 160.0, "peak RSS {peak:.1} MiB");
+    // The chart's memory limit for these settings (charts/qwp/values.yaml); the
+    // budget's arithmetic (docs/api-server.md, "Memory") puts the peak well below it.
+    assert!(peak < 256.0, "peak RSS {peak:.1} MiB");
     let health = client
         .get(format!("{}/health", server.base))
         .send()
@@ -641,6 +691,8 @@ async fn concurrent_maximum_uploads_and_slow_drips_stay_within_the_memory_budget
     let mut expected: Vec<String> = accepted.iter().map(|j| format!("{j}_big.bin")).collect();
     expected.sort();
     assert_eq!(input_keys(&stack).await, expected);
+    // Exactly the accepted jobs are queued, each naming its stored input.
+    assert_eq!(peek_queued_bodies(&stack).await, expected);
     let worker = start_worker(&stack);
     for result in results_of(&stack, &accepted).await {
         assert_eq!(
