@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::store::Writer;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use qwp_pool::crd::{POOL_LABEL, QueueWorkerPool};
 use tracing::warn;
 
@@ -70,15 +72,31 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    let (pools, deployments): (Api<QueueWorkerPool>, Api<Deployment>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let (pools, deployments, pods): (Api<QueueWorkerPool>, Api<Deployment>, Api<Pod>) =
+        match &namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client, ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client),
+            ),
+        };
+    let pod_cache = ctx
+        .take_pod_writer()
+        .map(|writer| tokio::spawn(cache_pods(pods, writer)));
     let controller = Controller::new(pools, watcher::Config::default().any_semantic());
     let store = controller.store();
+    // A replica that becomes the leader reconciles every pool at once (a standby's reconciles
+    // did nothing, so nothing is scheduled), starting from fresh histories.
+    let histories_ctx = ctx.clone();
+    let took_over = ctx.leadership.acquired().map(move |()| {
+        histories_ctx.forget_histories();
+        tracing::info!("took over the lead: reconciling every pool");
+    });
     let blocking_store = store.clone();
     let controller = controller
         .owns(
@@ -93,6 +111,7 @@ pub async fn run(
         // Merges the bursts of watch events a rollout produces; also keeps two writers of the
         // same pool (e.g. two operators during an upgrade) from reconciling in a hot loop.
         .with_config(controller::Config::default().debounce(WATCH_DEBOUNCE))
+        .reconcile_all_on(took_over)
         .graceful_shutdown_on(shutdown);
     let janitor_ctx = ctx.clone();
     let janitor = tokio::spawn(async move {
@@ -112,6 +131,38 @@ pub async fn run(
         })
         .await;
     janitor.abort();
+    if let Some(pod_cache) = pod_cache {
+        pod_cache.abort();
+    }
+}
+
+/// Keeps the pools' pods (those with the pool label) in `writer`'s store, for the deletion
+/// costs of a scale-down. Only what the ranking reads is kept (names, annotations, labels,
+/// IP, deletion time): a 200-pod pool costs kilobytes, not megabytes.
+async fn cache_pods(pods: Api<Pod>, writer: Writer<Pod>) {
+    watcher::watcher(
+        pods,
+        watcher::Config::default().labels(POOL_LABEL).any_semantic(),
+    )
+    .default_backoff()
+    .modify(|pod| {
+        pod.managed_fields_mut().clear();
+        pod.spec = None;
+        if let Some(status) = pod.status.as_mut() {
+            *status = PodStatus {
+                pod_ip: status.pod_ip.take(),
+                phase: status.phase.take(),
+                ..PodStatus::default()
+            };
+        }
+    })
+    .reflect(writer)
+    .for_each(|event| async move {
+        if let Err(error) = event {
+            warn!(%error, "pod watch failed; retrying");
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -76,6 +76,8 @@ pub struct Expect {
     pub path: String,
     pub check: Box<dyn FnOnce(&Value) + Send>,
     pub reply: Reply,
+    /// May come in any order with the unordered expectations next to it.
+    pub unordered: bool,
 }
 
 pub enum Reply {
@@ -93,7 +95,14 @@ impl Expect {
             path: path.into(),
             check: Box::new(|_| {}),
             reply,
+            unordered: false,
         }
+    }
+
+    /// This request and the unordered ones next to it may come in any order.
+    pub fn unordered(mut self) -> Self {
+        self.unordered = true;
+        self
     }
 
     pub fn check(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
@@ -108,49 +117,75 @@ pub struct ApiServerVerifier(MockHandle);
 
 impl ApiServerVerifier {
     /// Serves the expected requests in order, asserting method, path (not the query) and
-    /// body. The handle is kept afterwards, so a request beyond the script gets no answer
-    /// and the reconcile times out (failing the test) instead of slipping through.
+    /// body; a run of [`Expect::unordered`] ones may come in any order (parallel requests).
+    /// The handle is kept afterwards, so a request beyond the script gets no answer and the
+    /// reconcile times out (failing the test) instead of slipping through.
     pub fn run(self, script: Vec<Expect>) -> JoinHandle<MockHandle> {
         let mut handle = self.0;
         tokio::spawn(async move {
-            for (step, expect) in script.into_iter().enumerate() {
-                let (request, send) = handle.next_request().await.unwrap_or_else(|| {
-                    panic!(
-                        "step {step}: expected {} {}, got no request",
-                        expect.method, expect.path
-                    )
-                });
-                assert_eq!(
-                    (request.method(), request.uri().path()),
-                    (&expect.method, expect.path.as_str()),
-                    "step {step}: unexpected request {}",
-                    request.uri()
-                );
-                let query = request.uri().query().unwrap_or_default().to_string();
-                let bytes = request.into_body().collect_bytes().await.unwrap();
-                let body: Value = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).unwrap()
-                };
-                if expect.method == Method::PATCH && query.contains("fieldManager") {
-                    assert!(
-                        query.contains("fieldManager=qwp-operator"),
-                        "step {step}: field manager in {query}"
-                    );
+            let mut script = std::collections::VecDeque::from(script);
+            let mut step = 0;
+            while let Some(first) = script.pop_front() {
+                let mut group = vec![first];
+                while group[0].unordered && script.front().is_some_and(|e| e.unordered) {
+                    group.extend(script.pop_front());
                 }
-                (expect.check)(&body);
-                let response = match expect.reply {
-                    Reply::Json(value) => json_response(StatusCode::OK, &value),
-                    Reply::Echo => json_response(StatusCode::OK, &body),
-                    Reply::NotFound => status_response(StatusCode::NOT_FOUND, "NotFound"),
-                    Reply::Error(code, reason) => status_response(code, reason),
-                };
-                send.send_response(response);
+                while !group.is_empty() {
+                    let (request, send) = handle.next_request().await.unwrap_or_else(|| {
+                        panic!(
+                            "step {step}: expected {} {}, got no request",
+                            group[0].method, group[0].path
+                        )
+                    });
+                    let found = group.iter().position(|e| {
+                        (request.method(), request.uri().path()) == (&e.method, e.path.as_str())
+                    });
+                    let expect = match found {
+                        Some(index) => group.remove(index),
+                        None => panic!(
+                            "step {step}: unexpected request {} {}, expected {} {}",
+                            request.method(),
+                            request.uri(),
+                            group[0].method,
+                            group[0].path
+                        ),
+                    };
+                    serve(step, request, send, expect).await;
+                    step += 1;
+                }
             }
             handle
         })
     }
+}
+
+async fn serve(
+    step: usize,
+    request: Request<Body>,
+    send: tower_test::mock::SendResponse<Response<Body>>,
+    expect: Expect,
+) {
+    let query = request.uri().query().unwrap_or_default().to_string();
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body: Value = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    if expect.method == Method::PATCH && query.contains("fieldManager") {
+        assert!(
+            query.contains("fieldManager=qwp-operator"),
+            "step {step}: field manager in {query}"
+        );
+    }
+    (expect.check)(&body);
+    let response = match expect.reply {
+        Reply::Json(value) => json_response(StatusCode::OK, &value),
+        Reply::Echo => json_response(StatusCode::OK, &body),
+        Reply::NotFound => status_response(StatusCode::NOT_FOUND, "NotFound"),
+        Reply::Error(code, reason) => status_response(code, reason),
+    };
+    send.send_response(response);
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
@@ -172,6 +207,8 @@ pub struct TestContext {
     pub ctx: Arc<Context>,
     pub api: Option<ApiServerVerifier>,
     pub queue: Arc<FakeQueue>,
+    /// Fills the context's pod cache, as the operator's reflector would.
+    pub pods: kube::runtime::reflector::store::Writer<k8s_openapi::api::core::v1::Pod>,
 }
 
 impl Context {
@@ -186,10 +223,14 @@ impl Context {
             Arc::new(probe),
             Arc::new(Metrics::default()),
         );
+        let pods = ctx
+            .take_pod_writer()
+            .expect("a new context has its pod writer");
         TestContext {
             ctx: Arc::new(ctx),
             api: Some(ApiServerVerifier(handle)),
             queue,
+            pods,
         }
     }
 }
@@ -238,6 +279,17 @@ pub fn events_path() -> String {
 }
 
 impl TestContext {
+    /// The pod cache holds exactly `pods` (after its first list).
+    pub fn set_pods(&mut self, pods: Vec<Value>) {
+        use kube::runtime::watcher::Event;
+        self.pods.apply_watcher_event(&Event::Init);
+        for pod in pods {
+            self.pods
+                .apply_watcher_event(&Event::InitApply(serde_json::from_value(pod).unwrap()));
+        }
+        self.pods.apply_watcher_event(&Event::InitDone);
+    }
+
     /// Runs one reconcile against the script; a reconcile that waits for a request the
     /// script does not answer fails the test instead of hanging.
     pub async fn reconcile(
@@ -262,6 +314,126 @@ impl TestContext {
             .expect("scenario assertions hold");
         self.api = Some(ApiServerVerifier(handle));
         result
+    }
+}
+
+/// A stateful fake of one Lease on the API server (GET, POST, PATCH merged into the object),
+/// recording every request, for the leader election tests: the order and number of the
+/// election's calls are the crate's business, what ends up in the Lease is ours.
+pub mod lease_server {
+    use super::*;
+
+    pub const LEASE_NS: &str = "qwp-system";
+    pub const LEASE: &str = "qwp-operator";
+
+    #[derive(Clone, Debug)]
+    pub struct Recorded {
+        pub method: String,
+        pub path: String,
+        pub query: String,
+        pub body: Value,
+    }
+
+    #[derive(Default)]
+    struct State {
+        lease: Option<Value>,
+        requests: Vec<Recorded>,
+    }
+
+    pub struct FakeLeaseServer {
+        client: Client,
+        state: Arc<Mutex<State>>,
+    }
+
+    /// Merge patch semantics (RFC 7386), which is what a strategic merge patch and an apply
+    /// of a Lease's scalar fields amount to.
+    fn merge(target: &mut Value, patch: &Value) {
+        match (target.as_object_mut(), patch.as_object()) {
+            (Some(target), Some(patch)) => {
+                for (key, value) in patch {
+                    if value.is_null() {
+                        target.remove(key);
+                    } else {
+                        merge(target.entry(key.clone()).or_insert(Value::Null), value);
+                    }
+                }
+            }
+            _ => *target = patch.clone(),
+        }
+    }
+
+    impl FakeLeaseServer {
+        /// A server whose Lease has `spec` (or does not exist yet with `None`).
+        pub fn start(spec: Option<Value>) -> Self {
+            let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let state = Arc::new(Mutex::new(State {
+                lease: spec.map(|spec| {
+                    json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                           "metadata": {"name": LEASE, "namespace": LEASE_NS}, "spec": spec})
+                }),
+                requests: Vec::new(),
+            }));
+            let shared = state.clone();
+            tokio::spawn(async move {
+                while let Some((request, send)) = handle.next_request().await {
+                    let method = request.method().to_string();
+                    let path = request.uri().path().to_string();
+                    let query = request.uri().query().unwrap_or_default().to_string();
+                    let bytes = request.into_body().collect_bytes().await.unwrap();
+                    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                    let mut state = shared.lock().unwrap();
+                    state.requests.push(Recorded {
+                        method: method.clone(),
+                        path: path.clone(),
+                        query,
+                        body: body.clone(),
+                    });
+                    let response = match (method.as_str(), state.lease.as_mut()) {
+                        ("GET", Some(lease)) => json_response(StatusCode::OK, lease),
+                        ("GET", None) => status_response(StatusCode::NOT_FOUND, "NotFound"),
+                        ("POST", _) => {
+                            let mut lease = body;
+                            lease["metadata"]["namespace"] = json!(LEASE_NS);
+                            state.lease = Some(lease.clone());
+                            json_response(StatusCode::CREATED, &lease)
+                        }
+                        ("PATCH", Some(lease)) => {
+                            merge(lease, &body);
+                            json_response(StatusCode::OK, lease)
+                        }
+                        _ => status_response(StatusCode::NOT_FOUND, "NotFound"),
+                    };
+                    send.send_response(response);
+                }
+            });
+            FakeLeaseServer {
+                client: Client::new(service, "default"),
+                state,
+            }
+        }
+
+        pub fn client(&self) -> Client {
+            self.client.clone()
+        }
+
+        pub fn lease_path(&self) -> String {
+            format!("{}/{LEASE}", self.collection_path())
+        }
+
+        pub fn collection_path(&self) -> String {
+            format!("/apis/coordination.k8s.io/v1/namespaces/{LEASE_NS}/leases")
+        }
+
+        pub fn requests(&self) -> Vec<Recorded> {
+            self.state.lock().unwrap().requests.clone()
+        }
+
+        pub fn holder(&self) -> Option<String> {
+            let state = self.state.lock().unwrap();
+            state.lease.as_ref()?["spec"]["holderIdentity"]
+                .as_str()
+                .map(String::from)
+        }
     }
 }
 
@@ -523,40 +695,35 @@ mod scenarios {
         let mut status_pool = pool.clone();
         status_pool.status = None;
         let edited = existing_deployment(&pool, 10, 10);
-        let pods = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+        // From the pod cache, not a LIST; one pod of another pool is not touched.
+        let mut stranger = pod("other-pool", "10.1.0.9", None);
+        stranger["metadata"]["labels"]["queueworker.io/pool"] = json!("other");
+        test.set_pods(vec![
             pod("busy", "10.1.0.1", None),
             pod("idle", "10.1.0.2", None),
+            // /status does not answer: it counts as busy, keeping its last cost...
             pod("silent", "10.1.0.3", Some("5")),
+            // ...or a full pod's jobs (concurrency 1) when it has none yet, never 0.
+            pod("silent-new", "10.1.0.5", None),
             pod("known", "10.1.0.4", Some("0")),
-        ]});
+            stranger,
+        ]);
+        let pod_path = |name: &str| format!("/api/v1/namespaces/{NS}/pods/{name}");
         let result = test
             .reconcile(
                 &status_pool,
                 vec![
                     Expect::new(Method::GET, deployment_path(), Reply::Json(edited)),
-                    Expect::new(
-                        Method::GET,
-                        format!("/api/v1/namespaces/{NS}/pods"),
-                        Reply::Json(pods),
-                    ),
-                    Expect::new(
-                        Method::PATCH,
-                        format!("/api/v1/namespaces/{NS}/pods/busy"),
-                        Reply::Echo,
-                    )
-                    .check(cost_patch_of("2")),
-                    Expect::new(
-                        Method::PATCH,
-                        format!("/api/v1/namespaces/{NS}/pods/idle"),
-                        Reply::Echo,
-                    )
-                    .check(cost_patch_of("0")),
-                    Expect::new(
-                        Method::PATCH,
-                        format!("/api/v1/namespaces/{NS}/pods/silent"),
-                        Reply::Echo,
-                    )
-                    .check(cost_patch_of("0")),
+                    // Patched in parallel: any order.
+                    Expect::new(Method::PATCH, pod_path("busy"), Reply::Echo)
+                        .check(cost_patch_of("2"))
+                        .unordered(),
+                    Expect::new(Method::PATCH, pod_path("idle"), Reply::Echo)
+                        .check(cost_patch_of("0"))
+                        .unordered(),
+                    Expect::new(Method::PATCH, pod_path("silent-new"), Reply::Echo)
+                        .check(cost_patch_of("1"))
+                        .unordered(),
                     Expect::new(Method::PATCH, deployment_path(), Reply::Echo)
                         .check(|body| assert_eq!(body["spec"]["replicas"], 3)),
                     Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {

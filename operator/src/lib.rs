@@ -4,11 +4,13 @@
 //! Deployment and the queue depth → [`qwp_pool::decision::decide`] (pure) → apply the
 //! Deployment ([`qwp_pool::deployment`], server-side apply) → report Events, status
 //! ([`status`]) and metrics. Only observe, apply and report touch the network. [`controller`]
-//! runs the reconciles and decides when a failed one runs again. The resource types, the
+//! runs the reconciles and decides when a failed one runs again; of several replicas only the
+//! [`leader`] (the holder of a Lease) reconciles. The resource types, the
 //! decision, the Deployment and the contract with the workers live in [`qwp_pool`].
 
 pub mod controller;
 pub mod deletion_cost;
+pub mod leader;
 pub mod metrics;
 pub mod queue;
 pub mod reconcile;

@@ -4,7 +4,14 @@
 //! Settings (environment): `QWP_ADMIN_PORT` (8080), `QWP_WATCH_NAMESPACE` (all namespaces
 //! when unset), `QWP_WORKER_ADMIN_PORT` (9090, where workers serve `/status`; injected into
 //! them as `WORKER_ADMIN_PORT`),
-//! `QWP_POD_STATUS_TIMEOUT_MS` (1000). Logs: `RUST_LOG`, `LOG_FORMAT=json`.
+//! `QWP_POD_STATUS_TIMEOUT_MS` (1000). Leader election: `QWP_LEADER_ELECTION` (true; false
+//! for a single replica without Lease permissions), `QWP_LEASE_NAME` (qwp-operator),
+//! `QWP_LEASE_NAMESPACE` (the namespace of the kube client: the pod's own in a cluster),
+//! `QWP_POD_NAME` (this replica's identity in the Lease; default `HOSTNAME`).
+//! Logs: `RUST_LOG`, `LOG_FORMAT=json`.
+//!
+//! The admin server also serves `/status`: this replica's identity, whether it leads, and the
+//! Lease's holder.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -21,6 +28,7 @@ use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams};
 use qwp_jobs::config::{ConfigError, Vars};
 use qwp_operator::deletion_cost::HttpInFlightProbe;
+use qwp_operator::leader::{self, DEFAULT_LEASE_NAME, Leadership, LeaseSettings};
 use qwp_operator::metrics::Metrics;
 use qwp_operator::queue::SqsQueueDepth;
 use qwp_operator::{Context, controller};
@@ -52,6 +60,10 @@ struct Settings {
     watch_namespace: Option<String>,
     worker_admin_port: u16,
     pod_status_timeout: Duration,
+    leader_election: bool,
+    lease_name: String,
+    lease_namespace: Option<String>,
+    identity: String,
 }
 
 impl Settings {
@@ -69,6 +81,13 @@ impl Settings {
                 1000,
                 10..=30_000,
             )?),
+            leader_election: vars.parse("QWP_LEADER_ELECTION", true)?,
+            lease_name: vars.string("QWP_LEASE_NAME", DEFAULT_LEASE_NAME),
+            lease_namespace: vars.optional("QWP_LEASE_NAMESPACE"),
+            identity: vars
+                .optional("QWP_POD_NAME")
+                .or_else(|| vars.optional("HOSTNAME"))
+                .unwrap_or_else(|| format!("qwp-operator-{}", std::process::id())),
         })
     }
 }
@@ -76,6 +95,10 @@ impl Settings {
 #[derive(Clone)]
 struct Admin {
     ready: Arc<AtomicBool>,
+    client: kube::Client,
+    identity: String,
+    lease: Option<LeaseSettings>,
+    leadership: Leadership,
 }
 
 #[tokio::main]
@@ -109,19 +132,52 @@ async fn run() -> Result<(), String> {
     let stop =
         signals::shutdown_token().map_err(|e| format!("cannot install signal handlers: {e}"))?;
 
+    let lease = settings.leader_election.then(|| {
+        LeaseSettings::new(
+            &settings.lease_name,
+            settings
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_string()),
+            &settings.identity,
+        )
+    });
+    let (leadership, elector) = match &lease {
+        Some(lease) => {
+            let (leadership, elector) = leader::elect(client.clone(), lease, metrics.clone())
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot take part in leader election on Lease {}/{}: {e}",
+                        lease.namespace, lease.name
+                    )
+                })?;
+            (leadership, Some(elector))
+        }
+        None => {
+            metrics.leader.set(1);
+            (Leadership::always(), None)
+        }
+    };
+
     let admin = Admin {
         ready: ready.clone(),
+        client: client.clone(),
+        identity: settings.identity.clone(),
+        lease: lease.clone(),
+        leadership: leadership.clone(),
     };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/status", get(status))
         .merge(qwp_runtime::metrics::router(metrics.clone()))
         .with_state(admin);
     let addr = SocketAddr::from(([0, 0, 0, 0], settings.admin_port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on admin port {addr}: {e}"))?;
-    info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
+    info!(%addr, "admin server listening (/healthz, /readyz, /metrics, /status)");
     let admin_stop = stop.clone().cancelled_owned();
     let admin_server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -139,16 +195,21 @@ async fn run() -> Result<(), String> {
             )),
             metrics,
         )
-        .with_worker_admin_port(settings.worker_admin_port),
+        .with_worker_admin_port(settings.worker_admin_port)
+        .with_leadership(leadership),
     );
     let shutdown = async move {
         stop.cancelled().await;
         info!("shutting down: finishing running reconciles");
     };
     ready.store(true, Ordering::SeqCst);
-    info!(namespace = ?settings.watch_namespace, "controller started");
+    info!(namespace = ?settings.watch_namespace, identity = %settings.identity, lease = ?lease, "controller started");
     controller::run(ctx, settings.watch_namespace, shutdown).await;
     ready.store(false, Ordering::SeqCst);
+    // Only once no reconcile runs: a standby may start at once.
+    if let Some(elector) = elector {
+        elector.stop().await;
+    }
     let _ = admin_server.await;
     info!("stopped");
     Ok(())
@@ -169,6 +230,18 @@ async fn check_crd_installed(client: &kube::Client, namespace: Option<&str>) -> 
         ),
         Err(e) => Err(format!("cannot list QueueWorkerPools: {e}")),
     }
+}
+
+async fn status(State(admin): State<Admin>) -> impl IntoResponse {
+    axum::Json(
+        leader::status(
+            &admin.client,
+            &admin.identity,
+            admin.lease.as_ref(),
+            &admin.leadership,
+        )
+        .await,
+    )
 }
 
 async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub scale_events: Family<PoolLabels, Counter>,
     pub backlog: Family<PoolLabels, Gauge>,
     pub desired_replicas: Family<PoolLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease (and so reconciles), else 0.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -84,8 +86,15 @@ impl Default for Metrics {
             "Replicas the operator set for each pool",
             desired_replicas.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles, 0 on a standby",
+            leader.clone(),
+        );
         Metrics {
             registry,
+            leader,
             reconciles,
             reconcile_errors,
             reconcile_duration,

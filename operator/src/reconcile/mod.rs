@@ -21,17 +21,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use qwp_pool::contract::DEFAULT_ADMIN_PORT;
 use qwp_pool::crd::QueueWorkerPool;
 use qwp_pool::decision::{Decided, History, ScalingPolicy};
 
 use crate::controller::WATCH_DEBOUNCE;
 use crate::deletion_cost::InFlightProbe;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::queue::QueueDepthSource;
 use crate::{FIELD_MANAGER, Result};
@@ -45,6 +48,11 @@ use crate::{FIELD_MANAGER, Result};
     fields(namespace = %pool.namespace().unwrap_or_default(), pool = %pool.name_any())
 )]
 pub async fn reconcile(pool: Arc<QueueWorkerPool>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.leadership.is_leader() {
+        // A standby neither reads nor writes; the leader's loss wakes every pool here again
+        // (see `Leadership::acquired`).
+        return Ok(Action::await_change());
+    }
     let started = Instant::now();
     ctx.metrics.reconciles.inc();
     let result = steps(&pool, &ctx).await;
@@ -83,6 +91,12 @@ pub struct Context {
     /// Where workers serve `/status` (injected as their WORKER_ADMIN_PORT; `probe` asks there).
     pub worker_admin_port: u16,
     pub recorder: Recorder,
+    /// The pools' pods (labelled with the pool), kept by the reflector [`crate::controller`]
+    /// runs with [`Context::take_pod_writer`].
+    pub pods: Store<Pod>,
+    pod_writer: Mutex<Option<Writer<Pod>>>,
+    /// Whether this replica leads; only the leader reconciles.
+    pub leadership: Leadership,
     /// Reporting instance of the Events this process writes (host or pod name).
     pub instance: String,
     /// Per-pool memory: decision history, last reading. In memory only: after a restart the
@@ -105,7 +119,10 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let reporter = Reporter::from(FIELD_MANAGER);
+        let (pods, pod_writer) = reflector::store();
         Context {
+            pods,
+            pod_writer: Mutex::new(Some(pod_writer)),
             instance: reporter
                 .instance
                 .clone()
@@ -116,6 +133,7 @@ impl Context {
             probe,
             metrics,
             worker_admin_port: DEFAULT_ADMIN_PORT,
+            leadership: Leadership::always(),
             pools: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -125,6 +143,23 @@ impl Context {
     pub fn with_worker_admin_port(mut self, port: u16) -> Self {
         self.worker_admin_port = port;
         self
+    }
+
+    /// The writer of [`Context::pods`], for the one reflector that fills it.
+    pub fn take_pod_writer(&self) -> Option<Writer<Pod>> {
+        self.pod_writer.lock().expect("pod writer lock").take()
+    }
+
+    /// Reconciles only while `leadership` says this replica leads.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
+    }
+
+    /// Forgets every pool's history: a replica that (re)gains the lead starts from the running
+    /// replicas, like after a restart, not from what it decided before another replica led.
+    pub fn forget_histories(&self) {
+        self.pools.lock().expect("pool memory lock").clear();
     }
 
     pub(crate) fn with_memory<T>(
