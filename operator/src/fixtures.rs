@@ -222,6 +222,12 @@ impl Context {
             queue.clone(),
             Arc::new(probe),
             Arc::new(Metrics::default()),
+        )
+        .with_allowlist(
+            crate::access::EndpointAllowlist::parse(
+                "https://sqs.*.amazonaws.com,http://localstack:4566",
+            )
+            .unwrap(),
         );
         let pods = ctx
             .take_pod_writer()
@@ -740,6 +746,145 @@ mod scenarios {
     }
 
     #[tokio::test]
+    async fn a_pool_naming_an_endpoint_outside_the_allowlist_is_refused_without_a_call() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth::default()));
+        let pool = test_pool(json!({
+            "queue": {"name": "thumbs", "region": "us-east-1", "endpoint": "http://collector.example:8080",
+                      "credentialsSecretRef": {"name": "aws"}},
+        }));
+        let status = Arc::new(Mutex::new(Value::Null));
+        // Not even the Deployment or the Secret is read: only the refusal is reported.
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["type"], "Warning");
+                        assert_eq!(body["reason"], "EndpointNotAllowed");
+                        let note = body["note"].as_str().unwrap();
+                        assert!(note.contains("http://collector.example:8080"), "{note}");
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool))
+                        .check(keep(&status)),
+                ],
+            )
+            .await;
+        let error = result.unwrap_err();
+        assert!(matches!(error, crate::Error::Refused(_)), "{error}");
+        assert!(test.queue.targets.lock().unwrap().is_empty(), "no SQS call");
+        let ready = condition(&status.lock().unwrap()["status"], "Ready").clone();
+        assert_eq!(
+            (&ready["status"], &ready["reason"]),
+            (&json!("False"), &json!("EndpointNotAllowed"))
+        );
+        assert_eq!(
+            crate::error_policy(Arc::new(pool), &error, test.ctx.clone()),
+            Action::await_change(),
+            "the allowlist is fixed at install time: only a change of the pool helps"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_secret_that_does_not_opt_in_is_not_used() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth::default()));
+        let pool = test_pool(json!({
+            "queue": {"url": QUEUE_URL, "region": "us-east-1", "endpoint": "http://localstack:4566",
+                      "credentialsSecretRef": {"name": "db"}},
+        }));
+        let unlabelled = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "namespace": NS},
+            "data": {"AWS_ACCESS_KEY_ID": "QUtJREVYQU1QTEU=", "AWS_SECRET_ACCESS_KEY": "czNjcjN0Cg=="}});
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(
+                        Method::GET,
+                        deployment_path(),
+                        Reply::Json(existing_deployment(&pool, 2, 2)),
+                    ),
+                    Expect::new(
+                        Method::GET,
+                        format!("/api/v1/namespaces/{NS}/secrets/db"),
+                        Reply::Json(unlabelled),
+                    ),
+                    Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
+                        assert_eq!(body["reason"], "SecretNotOptedIn");
+                        let note = body["note"].as_str().unwrap();
+                        assert!(note.contains("queueworker.io/credentials"), "{note}");
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)).check(|body| {
+                        let ready = condition(&body["status"], "Ready");
+                        assert_eq!(
+                            (&ready["status"], &ready["reason"]),
+                            (&json!("False"), &json!("SecretNotOptedIn"))
+                        );
+                    }),
+                ],
+            )
+            .await;
+        let error = result.unwrap_err();
+        assert!(matches!(error, crate::Error::Refused(_)), "{error}");
+        assert!(
+            test.queue.targets.lock().unwrap().is_empty(),
+            "its values are never sent anywhere"
+        );
+        assert_eq!(
+            crate::error_policy(Arc::new(pool), &error, test.ctx.clone()),
+            Action::requeue(Duration::from_secs(5)),
+            "labelling the Secret fixes it: retried"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hand_edit_of_the_template_is_undone_at_the_next_resync() {
+        let mut test = Context::test(FakeProbe::default());
+        test.queue.set(Ok(QueueDepth {
+            visible: 10,
+            in_flight: 0,
+            delayed: 0,
+        }));
+        let pool = test_pool(json!({}));
+        // `kubectl set image`: the operator's hash annotation is still there and right.
+        let mut edited = existing_deployment(&pool, 2, 2);
+        edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("someone-else:latest");
+        // Within the resync period the hash says "up to date": nothing is applied.
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::Json(edited.clone())),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+        // Once the resync period has passed, the pool's template is applied again.
+        Arc::get_mut(&mut test.ctx)
+            .expect("no other reference")
+            .resync = Duration::ZERO;
+        let result = test
+            .reconcile(
+                &pool,
+                vec![
+                    Expect::new(Method::GET, deployment_path(), Reply::Json(edited)),
+                    Expect::new(Method::PATCH, deployment_path(), Reply::Echo).check(|body| {
+                        assert_eq!(
+                            body["spec"]["template"]["spec"]["containers"][0]["image"],
+                            "qwp-worker:dev"
+                        );
+                        assert_eq!(body["spec"]["replicas"], 2);
+                    }),
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)),
+                ],
+            )
+            .await;
+        assert!(result.is_ok(), "{result:?}");
+    }
+
+    #[tokio::test]
     async fn credentials_come_from_the_pools_secret() {
         let mut test = Context::test(FakeProbe::default());
         test.queue.set(Ok(QueueDepth::default()));
@@ -747,7 +892,8 @@ mod scenarios {
             "queue": {"name": "thumbs", "region": "eu-west-1",
                       "credentialsSecretRef": {"name": "aws"}},
         }));
-        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "aws", "namespace": NS},
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "aws", "namespace": NS, "labels": {"queueworker.io/credentials": "true"}},
             // base64 of "AKIDEXAMPLE" and "s3cr3t\n" (a trailing newline is ignored)
             "data": {"AWS_ACCESS_KEY_ID": "QUtJREVYQU1QTEU=", "AWS_SECRET_ACCESS_KEY": "czNjcjN0Cg=="}});
         let result = test
@@ -839,6 +985,16 @@ mod scenarios {
                     Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {
                         assert_eq!(body["type"], "Warning");
                         assert_eq!(body["reason"], "DeploymentApplyFailed");
+                    }),
+                    // The status says why, with the API server's own message.
+                    Expect::new(Method::PATCH, status_path(), pool_reply(&pool)).check(|body| {
+                        let ready = condition(&body["status"], "Ready");
+                        assert_eq!(
+                            (&ready["status"], &ready["reason"]),
+                            (&json!("False"), &json!("DeploymentApplyFailed"))
+                        );
+                        let message = ready["message"].as_str().unwrap();
+                        assert!(message.contains("Invalid (mocked)"), "{message}");
                     }),
                 ],
             )

@@ -8,6 +8,7 @@
 //! [`leader`] (the holder of a Lease) reconciles. The resource types, the
 //! decision, the Deployment and the contract with the workers live in [`qwp_pool`].
 
+pub mod access;
 pub mod controller;
 pub mod deletion_cost;
 pub mod leader;
@@ -52,6 +53,8 @@ pub enum Error {
     },
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] reconcile::validate::SpecError),
+    #[error("refused: {0}")]
+    Refused(#[from] access::Refusal),
 }
 
 impl Error {
@@ -63,6 +66,7 @@ impl Error {
             Error::DeploymentNotOwned(_) => "deployment_not_owned",
             Error::DeploymentApply { .. } => "deployment_apply",
             Error::InvalidSpec(_) => "invalid_spec",
+            Error::Refused(_) => "refused",
         }
     }
 
@@ -74,6 +78,7 @@ impl Error {
             Error::MissingNamespace(_) | Error::DeploymentNotOwned(_) | Error::InvalidSpec(_) => {
                 true
             }
+            Error::Refused(refusal) => refusal.is_permanent(),
             Error::Kube(_) | Error::DeploymentApply { .. } => false,
         }
     }
@@ -86,7 +91,15 @@ impl Error {
             Error::DeploymentNotOwned(_) => "DeploymentNotOwned",
             Error::DeploymentApply { .. } => "DeploymentApplyFailed",
             Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Refused(refusal) => refusal.reason(),
         }
+    }
+
+    /// Whether the pool's status says so (`Ready=False` with [`Error::reason`]): everything
+    /// but an API server that cannot be reached or answers an error of its own, where writing
+    /// the status would most likely fail too.
+    pub fn is_reported(&self) -> bool {
+        !matches!(self, Error::Kube(_))
     }
 }
 

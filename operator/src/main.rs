@@ -8,6 +8,9 @@
 //! for a single replica without Lease permissions), `QWP_LEASE_NAME` (qwp-operator),
 //! `QWP_LEASE_NAMESPACE` (the namespace of the kube client: the pod's own in a cluster),
 //! `QWP_POD_NAME` (this replica's identity in the Lease; default `HOSTNAME`).
+//! `QWP_RESYNC_SECONDS` (60): an up-to-date Deployment is applied again this often, undoing
+//! hand edits of its template. `QWP_ALLOWED_ENDPOINTS`: the queue endpoints pools may name, comma separated
+//! (`https://sqs.*.amazonaws.com`; see [`qwp_operator::access`]).
 //! Logs: `RUST_LOG`, `LOG_FORMAT=json`.
 //!
 //! The admin server also serves `/status`: this replica's identity, whether it leads, and the
@@ -27,6 +30,7 @@ use axum::routing::get;
 use clap::{Parser, Subcommand};
 use kube::api::{Api, ListParams};
 use qwp_jobs::config::{ConfigError, Vars};
+use qwp_operator::access::EndpointAllowlist;
 use qwp_operator::deletion_cost::HttpInFlightProbe;
 use qwp_operator::leader::{self, DEFAULT_LEASE_NAME, Leadership, LeaseSettings};
 use qwp_operator::metrics::Metrics;
@@ -64,6 +68,8 @@ struct Settings {
     lease_name: String,
     lease_namespace: Option<String>,
     identity: String,
+    allowlist: EndpointAllowlist,
+    resync: Duration,
 }
 
 impl Settings {
@@ -88,6 +94,12 @@ impl Settings {
                 .optional("QWP_POD_NAME")
                 .or_else(|| vars.optional("HOSTNAME"))
                 .unwrap_or_else(|| format!("qwp-operator-{}", std::process::id())),
+            resync: Duration::from_secs(vars.parse_in("QWP_RESYNC_SECONDS", 60, 1..=86_400)?),
+            allowlist: vars.parse_with(
+                "QWP_ALLOWED_ENDPOINTS",
+                EndpointAllowlist::default(),
+                |raw| EndpointAllowlist::parse(raw),
+            )?,
         })
     }
 }
@@ -196,7 +208,9 @@ async fn run() -> Result<(), String> {
             metrics,
         )
         .with_worker_admin_port(settings.worker_admin_port)
-        .with_leadership(leadership),
+        .with_leadership(leadership)
+        .with_allowlist(settings.allowlist)
+        .with_resync(settings.resync),
     );
     let shutdown = async move {
         stop.cancelled().await;

@@ -20,6 +20,13 @@ pub const POOL_LABEL: &str = "queueworker.io/pool";
 /// in-flight job count, so the ReplicaSet removes idle pods first.
 pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
 
+/// Label a Secret must carry (value `"true"`) for the operator to read it as a pool's
+/// `credentialsSecretRef`.
+pub const CREDENTIALS_LABEL: &str = "queueworker.io/credentials";
+/// Annotation of such a Secret listing (comma separated) further keys pools may name as
+/// `accessKeyIdKey`/`secretAccessKeyKey`, besides AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+pub const CREDENTIAL_KEYS_ANNOTATION: &str = "queueworker.io/credential-keys";
+
 /// A pool of queue workers: a Deployment whose replicas follow the depth of one SQS queue.
 // Several `printcolumn(type_ = "integer", …)` look like duplicated attributes to clippy.
 #[allow(clippy::duplicated_attributes)]
@@ -63,8 +70,11 @@ pub struct QueueWorkerPoolSpec {
     #[schemars(range(min = 0))]
     pub min_replicas: i32,
 
-    /// Most replicas; at least 1 and at least minReplicas.
+    /// Most replicas; at least 1 and at least minReplicas, at most 1000 (a typo such as 10000
+    /// must not become 10000 pods).
     #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self <= 1000")
+        .message("maxReplicas must be at most 1000"))]
     pub max_replicas: i32,
 
     /// Jobs one pod runs at once (injected as WORKER_CONCURRENCY).
@@ -138,6 +148,8 @@ pub struct QueueSpec {
 
     /// AWS region of the queue, e.g. us-east-1.
     #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]+$')")
+        .message("queue.region must be an AWS region name such as us-east-1"))]
     pub region: String,
 
     /// Endpoint override, e.g. http://localstack.localstack:4566. Unset means real AWS.
@@ -436,6 +448,30 @@ mod tests {
             errors
                 .iter()
                 .any(|e| e.contains("maxReplicas must be greater than or equal to minReplicas")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn cel_bounds_max_replicas_and_region_names() {
+        let mut spec = valid_spec();
+        spec["maxReplicas"] = json!(1000);
+        assert_eq!(cel_errors(spec.clone()), Vec::<String>::new());
+        spec["maxReplicas"] = json!(1001);
+        let errors = cel_errors(spec);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("maxReplicas must be at most 1000")),
+            "{errors:?}"
+        );
+        let mut spec = valid_spec();
+        spec["queue"]["region"] = json!("evil.example/");
+        let errors = cel_errors(spec);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("queue.region must be an AWS region name")),
             "{errors:?}"
         );
     }

@@ -8,11 +8,11 @@
 //! hand edit of `spec.replicas` is taken back on the next reconcile.
 
 use std::collections::BTreeMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
 
 use crate::contract::{INJECTED_ENV, WorkerEnv, container_env};
 use crate::crd::{POOL_LABEL, QueueWorkerPool};
@@ -95,11 +95,17 @@ pub fn build_deployment(
     Ok(deployment)
 }
 
+/// SHA-256 of the Deployment's canonical JSON (object keys sorted, as serde_json's map keeps
+/// them): the same for the same Deployment across builds, Rust releases and platforms, so an
+/// operator upgrade does not re-apply every Deployment.
 fn spec_hash(deployment: &Deployment) -> String {
-    let json = serde_json::to_string(deployment).expect("a Deployment serializes");
-    let mut hasher = DefaultHasher::new();
-    json.hash(&mut hasher);
-    format!("{:016x}", hasher.finish())
+    let canonical = serde_json::to_value(deployment)
+        .and_then(|value| serde_json::to_vec(&value))
+        .expect("a Deployment serializes");
+    Sha256::digest(&canonical)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 /// Whether `existing` already is what applying `wanted` would make it.
@@ -336,6 +342,25 @@ mod tests {
         changed.spec.concurrency = 8;
         let c = build_deployment(&changed, 1, DEFAULT_ADMIN_PORT).unwrap();
         assert!(!is_up_to_date(&a, &c), "template changed");
+    }
+
+    #[test]
+    fn the_hash_is_sha256_of_the_canonical_deployment_and_stable() {
+        let d = build_deployment(&pool(spec()), 1, DEFAULT_ADMIN_PORT).unwrap();
+        let hash = &d.annotations()[SPEC_HASH_ANNOTATION];
+        assert_eq!(hash.len(), 64);
+        assert!(hash.chars().all(|c| c.is_ascii_hexdigit()));
+        // Recomputed by hand from the Deployment without the annotation and the replicas.
+        let mut bare = d.clone();
+        bare.annotations_mut().remove(SPEC_HASH_ANNOTATION);
+        bare.metadata.annotations = None;
+        bare.spec.as_mut().unwrap().replicas = None;
+        let canonical = serde_json::to_vec(&serde_json::to_value(&bare).unwrap()).unwrap();
+        let expected: String = Sha256::digest(&canonical)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hash, &expected);
     }
 
     #[test]

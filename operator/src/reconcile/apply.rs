@@ -1,7 +1,7 @@
 //! Apply: pod deletion costs before a scale-down, then the Deployment with server-side apply.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -37,10 +37,17 @@ pub async fn deployment(
         i32::try_from(decision.replicas).unwrap_or(i32::MAX),
         ctx.worker_admin_port,
     )?;
-    if observed
-        .deployment
-        .as_ref()
-        .is_some_and(|existing| is_up_to_date(existing, &wanted))
+    let now = Instant::now();
+    let resync_due = ctx.with_memory(&pool.key, now, observed.current, |memory| {
+        now.duration_since(memory.synced_at) >= ctx.resync
+    });
+    // The hash says whether the pool changed, not whether someone edited the Deployment's
+    // template by hand: that is undone by the apply every resync period.
+    if !resync_due
+        && observed
+            .deployment
+            .as_ref()
+            .is_some_and(|existing| is_up_to_date(existing, &wanted))
     {
         return Ok(());
     }
@@ -50,7 +57,12 @@ pub async fn deployment(
         .patch(&pool.name, &params, &Patch::Apply(&wanted))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            ctx.with_memory(&pool.key, now, observed.current, |memory| {
+                memory.synced_at = now
+            });
+            Ok(())
+        }
         Err(source) => Err(Error::DeploymentApply {
             name: pool.name.clone(),
             source,

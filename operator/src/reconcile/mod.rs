@@ -1,6 +1,7 @@
 //! One reconcile of one pool, as named steps:
 //!
-//! 1. [`validate`] the spec (pure): what the CRD schema cannot check.
+//! 1. [`validate`] the spec (pure): what the CRD schema cannot check; then what the pool may
+//!    make the operator call ([`crate::access`]).
 //! 2. [`observe`] the Deployment, then [`validate::ownership`] of it (pure), then observe the
 //!    queue depth.
 //! 3. [`decide`] the replicas (pure, with the pool's in-memory history).
@@ -32,6 +33,7 @@ use qwp_pool::contract::DEFAULT_ADMIN_PORT;
 use qwp_pool::crd::QueueWorkerPool;
 use qwp_pool::decision::{Decided, History, ScalingPolicy};
 
+use crate::access::EndpointAllowlist;
 use crate::controller::WATCH_DEBOUNCE;
 use crate::deletion_cost::InFlightProbe;
 use crate::leader::Leadership;
@@ -68,9 +70,10 @@ pub async fn reconcile(pool: Arc<QueueWorkerPool>, ctx: Arc<Context>) -> Result<
 
 async fn steps(pool: &QueueWorkerPool, ctx: &Context) -> Result<Action> {
     let pool = validate::spec(pool)?;
+    ctx.allowlist.check(&pool.resource.spec.queue)?;
     let deployment = observe::deployment(&pool, ctx).await?;
     validate::ownership(pool.resource, deployment.as_ref())?;
-    let observed = observe::queue(&pool, ctx, deployment).await;
+    let observed = observe::queue(&pool, ctx, deployment).await?;
     let now = Instant::now();
     let Decided { decision, history } = ctx.with_memory(&pool.key, now, observed.current, |m| {
         decide::replicas(&pool, &m.history, &observed, now)
@@ -81,6 +84,9 @@ async fn steps(pool: &QueueWorkerPool, ctx: &Context) -> Result<Action> {
     report::outcome(&pool, ctx, &observed, &decision).await?;
     Ok(Action::requeue(pool.poll.saturating_sub(WATCH_DEBOUNCE)))
 }
+
+/// Default of [`Context::resync`].
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(60);
 
 /// What the reconciler shares across pools.
 pub struct Context {
@@ -95,6 +101,10 @@ pub struct Context {
     /// runs with [`Context::take_pod_writer`].
     pub pods: Store<Pod>,
     pod_writer: Mutex<Option<Writer<Pod>>>,
+    /// How often a Deployment that looks up to date is applied anyway (drift correction).
+    pub resync: Duration,
+    /// The queue endpoints pools may name.
+    pub allowlist: EndpointAllowlist,
     /// Whether this replica leads; only the leader reconciles.
     pub leadership: Leadership,
     /// Reporting instance of the Events this process writes (host or pod name).
@@ -109,6 +119,9 @@ pub struct Context {
 pub(crate) struct PoolMemory {
     pub history: History,
     pub last_read: Option<observe::LastRead>,
+    /// When the Deployment was last applied (or the pool first seen): an up-to-date one is
+    /// applied again once [`Context::resync`] has passed, undoing hand edits of its template.
+    pub synced_at: Instant,
 }
 
 impl Context {
@@ -134,6 +147,8 @@ impl Context {
             metrics,
             worker_admin_port: DEFAULT_ADMIN_PORT,
             leadership: Leadership::always(),
+            allowlist: EndpointAllowlist::default(),
+            resync: DEFAULT_RESYNC,
             pools: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
@@ -148,6 +163,18 @@ impl Context {
     /// The writer of [`Context::pods`], for the one reflector that fills it.
     pub fn take_pod_writer(&self) -> Option<Writer<Pod>> {
         self.pod_writer.lock().expect("pod writer lock").take()
+    }
+
+    /// Applies up-to-date Deployments again every `resync`.
+    pub fn with_resync(mut self, resync: Duration) -> Self {
+        self.resync = resync;
+        self
+    }
+
+    /// Pools may name only the queue endpoints `allowlist` allows.
+    pub fn with_allowlist(mut self, allowlist: EndpointAllowlist) -> Self {
+        self.allowlist = allowlist;
+        self
     }
 
     /// Reconciles only while `leadership` says this replica leads.
@@ -173,6 +200,7 @@ impl Context {
         let memory = pools.entry(key.clone()).or_insert_with(|| PoolMemory {
             history: History::starting_at(now, current),
             last_read: None,
+            synced_at: now,
         });
         f(memory)
     }

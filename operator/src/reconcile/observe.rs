@@ -1,5 +1,5 @@
 //! Observe: the network reads of a reconcile — the pool's Deployment, its credentials Secret
-//! and the queue depth. (The pods are listed only before a scale-down, by [`super::apply`].)
+//! (checked by [`crate::access::check_secret`]) and the queue depth. (The pods are listed only before a scale-down, by [`super::apply`].)
 
 use std::time::Instant;
 
@@ -13,6 +13,7 @@ use tracing::warn;
 
 use super::{Context, ValidPool};
 use crate::Result;
+use crate::access::{Refusal, check_secret};
 use crate::queue::{QueueError, QueueTarget, Reading, StaticCredentials};
 
 /// What a reconcile saw before deciding.
@@ -44,11 +45,12 @@ pub async fn deployment(pool: &ValidPool<'_>, ctx: &Context) -> Result<Option<De
 
 /// The queue depth: a fresh read, or the last one when it is younger than the poll interval
 /// and the spec has not changed since. An unreadable queue is an observation, not an error.
+/// A Secret that does not opt in is a refusal (a reconcile error), not an unreadable queue.
 pub async fn queue(
     pool: &ValidPool<'_>,
     ctx: &Context,
     deployment: Option<Deployment>,
-) -> Observed {
+) -> Result<Observed> {
     let current = current_replicas(deployment.as_ref());
     let generation = pool.resource.metadata.generation;
     let cached = ctx.with_memory(&pool.key, Instant::now(), current, |memory| {
@@ -59,16 +61,17 @@ pub async fn queue(
     });
     if let Some(last) = cached {
         ctx.metrics.count_read("cached");
-        return Observed {
+        return Ok(Observed {
             deployment,
             current,
             reading: last.result,
             fresh: false,
-        };
+        });
     }
     let reading = match queue_target(pool.resource, &ctx.client, &pool.namespace).await {
         Ok(target) => ctx.queue.read(&target).await,
-        Err(err) => Err(err),
+        Err(TargetError::Queue(err)) => Err(err),
+        Err(TargetError::Refused(refusal)) => return Err(refusal.into()),
     };
     match &reading {
         Ok(reading) => {
@@ -90,20 +93,32 @@ pub async fn queue(
     ctx.with_memory(&pool.key, Instant::now(), current, |memory| {
         memory.last_read = Some(last)
     });
-    Observed {
+    Ok(Observed {
         deployment,
         current,
         reading,
         fresh: true,
+    })
+}
+
+enum TargetError {
+    Queue(QueueError),
+    Refused(Refusal),
+}
+
+impl From<QueueError> for TargetError {
+    fn from(error: QueueError) -> Self {
+        TargetError::Queue(error)
     }
 }
 
-/// Where the pool's queue is, with keys from its Secret when it names one.
+/// Where the pool's queue is, with keys from its Secret when it names one — and the Secret
+/// allows it ([`check_secret`], before any value is read).
 async fn queue_target(
     pool: &QueueWorkerPool,
     client: &Client,
     namespace: &str,
-) -> Result<QueueTarget, QueueError> {
+) -> Result<QueueTarget, TargetError> {
     let queue = &pool.spec.queue;
     let credentials = match &queue.credentials_secret_ref {
         None => None,
@@ -124,6 +139,7 @@ async fn queue_target(
                         format!("Secret {namespace}/{} not found", reference.name),
                     )
                 })?;
+            check_secret(&secret, reference).map_err(TargetError::Refused)?;
             let value = |key: &str| -> Result<String, QueueError> {
                 secret
                     .data

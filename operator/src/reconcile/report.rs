@@ -68,25 +68,15 @@ pub async fn outcome(
     Ok(())
 }
 
-/// A reconcile that failed. A permanent error sets `Ready=False` with the error's reason and
-/// message and emits a Warning Event with the same — once: while the status already says so,
-/// nothing is written. A rejected Deployment is announced on every attempt (the API server's
-/// answer may change); other transient errors are only logged and counted.
+/// A reconcile that failed. A reported error ([`Error::is_reported`]: everything but an API
+/// server error) sets `Ready=False` with the error's reason and message and emits a Warning
+/// Event with the same — once: while the status already says so, nothing is written. An API
+/// server error is only logged and counted.
 pub async fn failure(pool: &QueueWorkerPool, ctx: &Context, error: &Error) {
     let Some(namespace) = pool.namespace() else {
         return; // nowhere to write an Event or a status
     };
-    if matches!(error, Error::DeploymentApply { .. }) {
-        publish(
-            ctx,
-            pool,
-            EventType::Warning,
-            error.reason(),
-            error.to_string(),
-        )
-        .await;
-    }
-    if !error.is_permanent() {
+    if !error.is_reported() {
         return;
     }
     let status = failed_status(

@@ -8,6 +8,17 @@ use crate::settings::Settings;
 
 static INSTALLED: Mutex<bool> = Mutex::new(false);
 
+/// `scheme://host:*` of `endpoint`: the allowlist entry for every port of that host.
+fn any_port(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    format!("{scheme}://{host}:*")
+}
+
 /// Installs (or upgrades) the chart with the operator into the operator namespace and waits
 /// for it to be Ready. Runs helm once per test binary; later calls return at once.
 pub fn ensure_operator_installed() {
@@ -31,6 +42,11 @@ pub fn ensure_operator_installed() {
         format!("image.registry={}", s.image_registry),
         "operator.logLevel=info".to_string(),
         format!("operator.podAnnotations.qwp-e2e-run={run_id}"),
+        // LocalStack and the outage test's proxy, both on the host pods reach LocalStack at.
+        format!(
+            "operator.allowedEndpoints={{https://sqs.*.amazonaws.com,{}}}",
+            any_port(&s.pod_aws_endpoint)
+        ),
     ];
     if let Some(extra) = &s.extra_helm_set {
         sets.push(extra.clone());

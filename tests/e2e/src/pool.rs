@@ -6,7 +6,7 @@ use kube::Client;
 use kube::api::{Api, PostParams};
 use qwp_jobs::testing::TestStack;
 use qwp_pool::contract::{DEFAULT_ADMIN_PORT, termination_grace_seconds};
-use qwp_pool::crd::QueueWorkerPool;
+use qwp_pool::crd::{CREDENTIALS_LABEL, QueueWorkerPool};
 use serde_json::{Value, json};
 
 use crate::settings::Settings;
@@ -118,7 +118,7 @@ pub async fn create_aws_secret(client: &Client, ns: &str) {
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": AWS_SECRET},
+        "metadata": {"name": AWS_SECRET, "labels": {CREDENTIALS_LABEL: "true"}},
         "stringData": {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"},
     }))
     .expect("secret object");
