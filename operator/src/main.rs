@@ -98,7 +98,7 @@ impl Settings {
             allowlist: vars.parse_with(
                 "QWP_ALLOWED_ENDPOINTS",
                 EndpointAllowlist::default(),
-                |raw| EndpointAllowlist::parse(raw),
+                EndpointAllowlist::parse,
             )?,
         })
     }

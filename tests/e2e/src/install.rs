@@ -8,6 +8,11 @@ use crate::settings::Settings;
 
 static INSTALLED: Mutex<bool> = Mutex::new(false);
 
+/// The Lease the operator replicas elect their leader on (named like the operator Deployment).
+pub fn operator_lease_name() -> String {
+    Settings::get().operator_deployment()
+}
+
 /// `scheme://host:*` of `endpoint`: the allowlist entry for every port of that host.
 fn any_port(endpoint: &str) -> String {
     let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
@@ -42,6 +47,8 @@ pub fn ensure_operator_installed() {
         format!("image.registry={}", s.image_registry),
         "operator.logLevel=info".to_string(),
         format!("operator.podAnnotations.qwp-e2e-run={run_id}"),
+        // Hand edits of a worker Deployment are undone within 10 s (test t11).
+        "operator.resyncSeconds=10".to_string(),
         // LocalStack and the outage test's proxy, both on the host pods reach LocalStack at.
         format!(
             "operator.allowedEndpoints={{https://sqs.*.amazonaws.com,{}}}",

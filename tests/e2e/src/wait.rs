@@ -151,3 +151,62 @@ pub fn condition(status: &QueueWorkerPoolStatus, type_: &str) -> Option<String> 
         .find(|c| c.type_ == type_)
         .map(|c| c.status.clone())
 }
+
+/// The pool's `Ready` condition as (status, reason, message), each value it takes (absent
+/// before the pool has one).
+pub fn ready_condition_changes(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> impl Stream<Item = Option<(String, String, String)>> + Send + use<> {
+    let pools: Api<QueueWorkerPool> = Api::namespaced(client.clone(), ns);
+    value_changes(pools, name, |p| {
+        p.status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status, c.reason, c.message))
+    })
+}
+
+/// The first container's image of the Deployment's pod template, each value it takes.
+pub fn template_image_changes(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> impl Stream<Item = String> + Send + use<> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    value_changes(deployments, name, |d| {
+        d.spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.image)
+            .unwrap_or_default()
+    })
+}
+
+/// Waits (at most `timeout`) for the first item of `stream` that `accept` takes; panics
+/// naming `what` and the items seen.
+pub async fn first_matching<T: Debug>(
+    what: &str,
+    timeout: Duration,
+    stream: impl Stream<Item = T>,
+    mut accept: impl FnMut(&T) -> bool,
+) -> T {
+    let mut stream = std::pin::pin!(stream);
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(timeout, async {
+        while let Some(item) = stream.next().await {
+            if accept(&item) {
+                return Some(item);
+            }
+            seen.push(format!("{item:?}"));
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(item)) => item,
+        _ => panic!("no {what} within {timeout:?}; seen: {seen:?}"),
+    }
+}

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
+use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use qwp_e2e::api_server;
 use qwp_e2e::cmd;
-use qwp_e2e::install::ensure_operator_installed;
+use qwp_e2e::install::{ensure_operator_installed, operator_lease_name};
 use qwp_e2e::jobs::{assert_all_done, result_keys, submit_direct};
 use qwp_e2e::logs::{handed_back_jobs, redelivered_jobs};
 use qwp_e2e::pool::{PoolOptions, create_aws_secret, create_pool, pool_object};
@@ -21,8 +23,9 @@ use qwp_e2e::proxy::OutageProxy;
 use qwp_e2e::removals::{Removal, RemovalWatch, is_ready};
 use qwp_e2e::timeline::{Sample, render_png, to_csv};
 use qwp_e2e::wait::{
-    collect_until, condition, desired_replica_changes, pool_status, ready_replica_changes,
-    replica_changes, replicas, until,
+    collect_until, condition, desired_replica_changes, first_matching, pool_status,
+    ready_condition_changes, ready_replica_changes, replica_changes, replicas,
+    template_image_changes, until,
 };
 use qwp_e2e::{Settings, TestEnv, with_temp_ns};
 use qwp_jobs::testing::{TestStack, TestStackOptions};
@@ -577,8 +580,8 @@ async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
 
         let operator_pods: Api<Pod> = Api::namespaced(env.client.clone(), &s.operator_namespace);
         let selector = "app.kubernetes.io/name=qwp-operator";
-        let before = operator_pods.list(&ListParams::default().labels(selector)).await.unwrap();
-        let old = before.items.first().expect("an operator pod").name_any();
+        // The replica that acts: the Lease's holder (a graceful delete hands over at once).
+        let old = operator_leader(&env.client).await.1.expect("an operator leads");
         let restarted_at = started.elapsed().as_secs_f64();
         operator_pods.delete(&old, &DeleteParams::default()).await.expect("delete the operator pod");
         until("a new operator pod Ready", Duration::from_secs(120), HALF_SECOND, || async {
@@ -956,6 +959,344 @@ async fn t8_face_pool_names_the_person_in_a_posted_photo() {
             warm[warm.len() - 1].as_secs_f64(),
             warm.len()
         );
+    })
+    .await;
+}
+
+/// The operator pods and the holder of their Lease.
+async fn operator_leader(client: &Client) -> (Vec<Pod>, Option<String>) {
+    let s = Settings::get();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &s.operator_namespace);
+    let selector = "app.kubernetes.io/name=qwp-operator";
+    let list = pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &s.operator_namespace);
+    let holder = leases
+        .get_opt(&operator_lease_name())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity);
+    (list.items, holder)
+}
+
+/// 9. Leader election: two operator replicas, one leads. The leader is killed (no grace)
+/// mid-burst: the standby takes the Lease, the burst drains, and the pool is never scaled by
+/// two operators (its Scaled events come from one replica, then the other, never interleaved;
+/// replicas never go down and up again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t9_killing_the_leader_mid_burst_hands_over_to_the_standby() {
+    ensure_operator_installed();
+    with_temp_ns("t9_leader_failover", |env| async move {
+        const JOBS: usize = 300;
+        let s = Settings::get();
+        let (pods, holder) = operator_leader(&env.client).await;
+        let ready: Vec<String> = pods.iter().filter(|p| is_ready(p)).map(|p| p.name_any()).collect();
+        assert!(ready.len() >= 2, "the chart runs two operator replicas, both Ready: {ready:?}");
+        let leader = holder.expect("one replica holds the Lease");
+        assert!(ready.contains(&leader), "the Lease's holder {leader} is an operator pod: {ready:?}");
+
+        let stack = stack("e2e-failover", 30).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("failover");
+        options.max_replicas = 6;
+        options.concurrency = 2;
+        options.sleep_seconds = "1-2".into();
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+        let started = Instant::now();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let recorder = collect_until(
+            replica_changes(&env.client, &env.ns, "failover").map(move |r| (started.elapsed().as_secs_f64(), r)),
+            stop_rx,
+        );
+        let ids = submit_direct(&stack, JOBS).await;
+        wait_replicas(&env, "failover", 6, false, Duration::from_secs(90)).await;
+
+        let operator_pods: Api<Pod> = Api::namespaced(env.client.clone(), &s.operator_namespace);
+        let killed_at = Instant::now();
+        operator_pods
+            .delete(&leader, &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() })
+            .await
+            .expect("kill the leader");
+        let leases: Api<Lease> = Api::namespaced(env.client.clone(), &s.operator_namespace);
+        let lease_holders = kube::runtime::watcher(
+            leases,
+            kube::runtime::watcher::Config::default().fields(&format!("metadata.name={}", operator_lease_name())),
+        )
+        .default_backoff()
+        .applied_objects()
+        .filter_map(|l| futures::future::ready(l.ok()))
+        .map(|l| l.spec.and_then(|s| s.holder_identity));
+        let new_leader = first_matching("a new Lease holder", Duration::from_secs(60), lease_holders, |h| {
+            h.as_ref().is_some_and(|h| *h != leader)
+        })
+        .await
+        .unwrap();
+        let takeover = killed_at.elapsed();
+
+        wait_results(&stack, JOBS, Duration::from_secs(300)).await;
+        wait_drained(&stack, Duration::from_secs(60)).await;
+        wait_replicas(&env, "failover", 0, false, Duration::from_secs(90)).await;
+        stop_tx.send_replace(true);
+        let changes = recorder.await.unwrap();
+        assert_all_done(&stack, &ids).await;
+
+        let first_fall = changes.windows(2).position(|w| w[1].1 < w[0].1);
+        if let Some(fall) = first_fall {
+            let rises: Vec<_> = changes[fall + 1..].windows(2).filter(|w| w[1].1 > w[0].1).collect();
+            assert!(rises.is_empty(), "replicas went down and up again: {changes:?}");
+        }
+        // Who scaled: the Scaled events' reporting instances in time order change at most once.
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.ns);
+        let mut scaled: Vec<(String, String)> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Scaled"))
+            .map(|e| {
+                let at = e.event_time.map(|t| t.0.to_string()).unwrap_or_default();
+                (at, e.reporting_instance.unwrap_or_default())
+            })
+            .collect();
+        scaled.sort();
+        let writers: Vec<&str> = scaled.iter().map(|(_, who)| who.as_str()).collect();
+        let switches = writers.windows(2).filter(|w| w[0] != w[1]).count();
+        assert!(switches <= 1, "two operators scaled the pool in turn: {scaled:?}");
+        assert!(
+            writers.last() == Some(&new_leader.as_str()),
+            "the last scale came from the new leader {new_leader}: {scaled:?}"
+        );
+        eprintln!(
+            "[e2e] leader {leader} killed at {:.1} s; {new_leader} took the Lease {:.1} s later; replica \
+             changes (t, replicas): {changes:?}; Scaled events by: {writers:?}",
+            started.elapsed().as_secs_f64() - killed_at.elapsed().as_secs_f64(),
+            takeover.as_secs_f64()
+        );
+    })
+    .await;
+}
+
+/// 10. A pool whose template the API server rejects (an invalid container name passes the
+/// CRD's schema and the operator's checks) shows the API server's error in `Ready`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_an_invalid_template_shows_the_error_in_the_ready_condition() {
+    ensure_operator_installed();
+    with_temp_ns("t10_invalid_template", |env| async move {
+        let stack = stack("e2e-invalid", 30).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut pool = pool_object(&stack, &PoolOptions::new("invalid"));
+        pool.spec.template.spec.as_mut().unwrap().containers[0].name = "Not_A_DNS_Label".into();
+        let ready = ready_condition_changes(&env.client, &env.ns, "invalid");
+        create_pool(&env.client, &env.ns, &pool).await;
+        let (status, reason, message) =
+            first_matching("Ready=False", Duration::from_secs(60), ready, |c| {
+                c.as_ref().is_some_and(|(status, _, _)| status == "False")
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "DeploymentApplyFailed"),
+            "{message}"
+        );
+        assert!(
+            message.contains("Not_A_DNS_Label"),
+            "the API server's own message: {message}"
+        );
+        assert!(
+            qwp_e2e::wait::deployment(&env.client, &env.ns, "invalid")
+                .await
+                .is_none()
+        );
+    })
+    .await;
+}
+
+/// 11. Least privilege: a pool naming an endpoint outside the install's allowlist, and one
+/// naming a Secret that does not opt in, are refused with a condition; neither gets a
+/// Deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t11_pools_naming_unlabelled_secrets_or_foreign_endpoints_are_refused() {
+    ensure_operator_installed();
+    with_temp_ns("t11_refused", |env| async move {
+        let stack = stack("e2e-refused", 30).await;
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(env.client.clone(), &env.ns);
+        let unlabelled = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "unlabelled"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"},
+        }))
+        .unwrap();
+        secrets
+            .create(&Default::default(), &unlabelled)
+            .await
+            .unwrap();
+
+        let mut foreign = pool_object(&stack, &PoolOptions::new("foreign"));
+        foreign.spec.queue.endpoint = Some("http://collector.example.com:8080".into());
+        let mut secretive = pool_object(&stack, &PoolOptions::new("secretive"));
+        secretive
+            .spec
+            .queue
+            .credentials_secret_ref
+            .as_mut()
+            .unwrap()
+            .name = "unlabelled".into();
+        for (pool, reason) in [
+            (foreign, "EndpointNotAllowed"),
+            (secretive, "SecretNotOptedIn"),
+        ] {
+            let name = pool.name_any();
+            let ready = ready_condition_changes(&env.client, &env.ns, &name);
+            create_pool(&env.client, &env.ns, &pool).await;
+            let (_, got, message) =
+                first_matching("Ready=False", Duration::from_secs(60), ready, |c| {
+                    c.as_ref().is_some_and(|(status, _, _)| status == "False")
+                })
+                .await
+                .unwrap();
+            assert_eq!(got, reason, "{name}: {message}");
+            assert!(
+                qwp_e2e::wait::deployment(&env.client, &env.ns, &name)
+                    .await
+                    .is_none(),
+                "{name}: a refused pool gets no Deployment"
+            );
+            let status = pool_status(&env.client, &env.ns, &name).await.unwrap();
+            assert!(status.backlog.is_none(), "{name}: its queue was never read");
+        }
+    })
+    .await;
+}
+
+/// 12. A hand edit of the worker Deployment's template (`kubectl set image`) is undone
+/// within one resync period (10 s in the suite's install).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t12_a_hand_edit_of_the_worker_template_is_reverted() {
+    ensure_operator_installed();
+    with_temp_ns("t12_drift", |env| async move {
+        let s = Settings::get();
+        let stack = stack("e2e-drift", 30).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        create_pool(
+            &env.client,
+            &env.ns,
+            &pool_object(&stack, &PoolOptions::new("drift")),
+        )
+        .await;
+        let images = template_image_changes(&env.client, &env.ns, "drift");
+        let mut images = Box::pin(images);
+        let original = images.next().await.expect("the Deployment is created");
+        assert_eq!(original, s.image("qwp-worker"));
+        let edited_at = Instant::now();
+        cmd::must(
+            "kubectl",
+            &[
+                "-n",
+                &env.ns,
+                "set",
+                "image",
+                "deployment/drift",
+                "worker=someone-else:edited",
+            ],
+        );
+        first_matching(
+            "the edited image",
+            Duration::from_secs(30),
+            &mut images,
+            |i| i == "someone-else:edited",
+        )
+        .await;
+        first_matching(
+            "the pool's image again",
+            Duration::from_secs(30),
+            &mut images,
+            |i| *i == original,
+        )
+        .await;
+        eprintln!(
+            "[e2e] hand edit of the template undone after {:.1} s",
+            edited_at.elapsed().as_secs_f64()
+        );
+    })
+    .await;
+}
+
+/// 13. A pod whose `/status` does not answer (its worker frozen with SIGSTOP, still Ready) is
+/// counted as busy: a scale-down removes the idle pods and keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t13_a_pod_whose_status_times_out_is_not_removed_before_idle_ones() {
+    ensure_operator_installed();
+    with_temp_ns("t13_silent_pod", |env| async move {
+        let s = Settings::get();
+        let stack = stack("e2e-silent", 30).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("silent");
+        options.min_replicas = 3;
+        options.max_replicas = 3;
+        options.scale_down_window_seconds = 0;
+        let mut pool = serde_json::to_value(pool_object(&stack, &options)).unwrap();
+        let pod = &mut pool["spec"]["template"]["spec"];
+        // A shell next to the worker, in one process namespace, to freeze it.
+        pod["shareProcessNamespace"] = serde_json::json!(true);
+        pod["containers"].as_array_mut().unwrap().push(serde_json::json!({
+            "name": "box", "image": s.image("qwp-testbox"), "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", "exec sleep 100000"],
+        }));
+        // A frozen worker stays Ready (readiness is ranked before cost by the ReplicaSet).
+        pod["containers"][0]["readinessProbe"]["failureThreshold"] = serde_json::json!(10000);
+        let pool: QueueWorkerPool = serde_json::from_value(pool).unwrap();
+        create_pool(&env.client, &env.ns, &pool).await;
+        wait_replicas(&env, "silent", 3, true, Duration::from_secs(120)).await;
+
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+        let list = pods.list(&ListParams::default().labels("queueworker.io/pool=silent")).await.unwrap();
+        let frozen = list.items[0].name_any();
+        cmd::must(
+            "kubectl",
+            &["-n", &env.ns, "exec", &frozen, "-c", "box", "--", "/bin/sh", "-c", "kill -STOP $(pidof qwp-worker)"],
+        );
+        let removal_watch = RemovalWatch::start(&env.client, &env.ns, "silent").await;
+        let pools: Api<QueueWorkerPool> = Api::namespaced(env.client.clone(), &env.ns);
+        pools
+            .patch(
+                "silent",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"spec": {"minReplicas": 1}})),
+            )
+            .await
+            .unwrap();
+        wait_replicas(&env, "silent", 1, true, Duration::from_secs(60)).await;
+        let remaining = pods.list(&ListParams::default().labels("queueworker.io/pool=silent")).await.unwrap();
+        let kept: Vec<String> = remaining
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| p.name_any())
+            .collect();
+        // Let the rest go, so the removal watch can finish.
+        pools
+            .patch(
+                "silent",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"spec": {"minReplicas": 0}})),
+            )
+            .await
+            .unwrap();
+        wait_replicas(&env, "silent", 0, false, Duration::from_secs(60)).await;
+        let removals = removal_watch.finish(Duration::from_secs(90)).await;
+        eprintln!(
+            "[e2e] frozen pod {frozen}; kept after 3 → 1: {kept:?}; removals (pod: cost / lowest kept): {}",
+            removals.iter().map(|r| format!("{}: {} / {:?}", r.pod, r.cost, r.lowest_kept_cost)).collect::<Vec<_>>().join(", ")
+        );
+        assert_eq!(kept, vec![frozen.clone()], "the silent pod is kept, the idle ones go");
+        let first_two: Vec<&Removal> = removals.iter().take(2).collect();
+        assert!(first_two.iter().all(|r| r.pod != frozen && r.cost == 0), "{first_two:?}");
     })
     .await;
 }
