@@ -133,7 +133,7 @@ cmd_up() {
       for fd in /proc/$BASHPID/fd/*; do fd=${fd##*/}; if ((fd > 2)); then eval "exec $fd>&-"; fi; done
       # setsid: own session, so it outlives the caller's shell/terminal.
       GATEWAY_LISTEN="$LISTEN" \
-      SERVICES="s3,sqs" \
+      SERVICES="s3,sqs,sts" \
       FILESYSTEM_ROOT="$DATA_DIR" \
       LOCALSTACK_VOLUME_DIR="$DATA_DIR/volume" \
       PERSISTENCE=0 \

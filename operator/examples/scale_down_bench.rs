@@ -67,7 +67,7 @@ impl InFlightProbe for SimulatedWorkers {
                 None
             } else {
                 tokio::time::sleep(self.answer).await;
-                Some(u32::from(n % 3 == 0))
+                Some(u32::from(n.is_multiple_of(3)))
             }
         })
     }

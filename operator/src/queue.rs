@@ -5,11 +5,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
 
+use aws_config::sts::AssumeRoleProvider;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use futures::future::BoxFuture;
 use qwp_pool::decision::QueueDepth;
 use qwp_runtime::aws_error;
+
+/// The session name of the operator's assumed-role sessions (in CloudTrail).
+pub const ROLE_SESSION_NAME: &str = "qwp-operator";
 
 /// Everything needed to reach one queue.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -22,6 +26,8 @@ pub struct QueueTarget {
     pub endpoint: Option<String>,
     /// Static keys from the pool's Secret; `None` uses the default credential chain.
     pub credentials: Option<StaticCredentials>,
+    /// A role to assume with those credentials (STS AssumeRole) before reading the queue.
+    pub role_arn: Option<String>,
 }
 
 impl QueueTarget {
@@ -91,9 +97,15 @@ pub trait QueueDepthSource: Send + Sync {
     fn read<'a>(&'a self, target: &'a QueueTarget) -> BoxFuture<'a, Result<Reading, QueueError>>;
 }
 
-/// Clients are cached per (endpoint, region, credentials): building one loads the SDK config,
-/// which is too slow to repeat every poll. Resolved queue URLs are cached too.
-type ClientKey = (Option<String>, String, Option<StaticCredentials>);
+/// Clients are cached per (endpoint, region, credentials, role): building one loads the SDK
+/// config, which is too slow to repeat every poll (an assumed role's credentials are cached
+/// and refreshed by the client's identity cache). Resolved queue URLs are cached too.
+type ClientKey = (
+    Option<String>,
+    String,
+    Option<StaticCredentials>,
+    Option<String>,
+);
 
 #[derive(Default)]
 pub struct SqsQueueDepth {
@@ -110,7 +122,7 @@ impl SqsQueueDepth {
         if let Some(client) = self.clients.lock().expect("client cache lock").get(key) {
             return client.clone();
         }
-        let (endpoint, region, credentials) = key;
+        let (endpoint, region, credentials, role_arn) = key;
         let sdk = qwp_jobs::aws::sdk_config(
             endpoint.as_deref(),
             region,
@@ -119,7 +131,21 @@ impl SqsQueueDepth {
                 .map(|c| (c.access_key_id.as_str(), c.secret_access_key.as_str())),
         )
         .await;
-        let client = aws_sdk_sqs::Client::new(&sdk);
+        let client = match role_arn {
+            None => aws_sdk_sqs::Client::new(&sdk),
+            // STS at the same endpoint (LocalStack answers both), signed with the base credentials.
+            Some(role_arn) => {
+                let assumed = AssumeRoleProvider::builder(role_arn)
+                    .session_name(ROLE_SESSION_NAME)
+                    .configure(&sdk)
+                    .build()
+                    .await;
+                let config = aws_sdk_sqs::config::Builder::from(&sdk)
+                    .credentials_provider(assumed)
+                    .build();
+                aws_sdk_sqs::Client::from_conf(config)
+            }
+        };
         self.clients
             .lock()
             .expect("client cache lock")
@@ -132,6 +158,7 @@ impl SqsQueueDepth {
             target.endpoint.clone(),
             target.region.clone(),
             target.credentials.clone(),
+            target.role_arn.clone(),
         );
         let client = self.client(&key).await;
         let mut api_calls = 0;

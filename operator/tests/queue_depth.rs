@@ -16,6 +16,7 @@ fn target(stack: &TestStack) -> QueueTarget {
             access_key_id: "test".into(),
             secret_access_key: "test".into(),
         }),
+        role_arn: None,
     }
 }
 
@@ -124,6 +125,7 @@ async fn an_unreachable_endpoint_is_an_error_not_a_hang() {
             access_key_id: "test".into(),
             secret_access_key: "test".into(),
         }),
+        role_arn: None,
     };
     let err = source.read(&target).await.unwrap_err();
     assert_eq!(err.code, "DispatchFailure", "{err}");

@@ -159,6 +159,15 @@ pub struct QueueSpec {
         .message("queue.endpoint must start with http:// or https://"))]
     pub endpoint: Option<String>,
 
+    /// An IAM role the operator assumes (STS AssumeRole, with its own credentials or the
+    /// Secret's) to read this queue, e.g. in another account. The workers are not given it:
+    /// they use their service account's identity (IRSA, EKS Pod Identity) or the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$')")
+        .message("queue.roleArn must be an IAM role ARN such as arn:aws:iam::123456789012:role/reader"))]
+    pub role_arn: Option<String>,
+
     /// A Secret in the pool's namespace with static AWS keys, for the operator and the workers.
     /// Unset means the default AWS credential chain (IRSA, instance profile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -472,6 +481,21 @@ mod tests {
             errors
                 .iter()
                 .any(|e| e.contains("queue.region must be an AWS region name")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn cel_accepts_only_iam_role_arns() {
+        let mut spec = valid_spec();
+        spec["queue"]["roleArn"] = json!("arn:aws:iam::123456789012:role/reader");
+        assert_eq!(cel_errors(spec.clone()), Vec::<String>::new());
+        spec["queue"]["roleArn"] = json!("arn:aws:iam::123:user/someone");
+        let errors = cel_errors(spec);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("queue.roleArn must be an IAM role ARN")),
             "{errors:?}"
         );
     }

@@ -167,5 +167,6 @@ async fn queue_target(
         region: queue.region.clone(),
         endpoint: queue.endpoint.clone(),
         credentials,
+        role_arn: queue.role_arn.clone(),
     })
 }
