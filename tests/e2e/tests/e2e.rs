@@ -1051,7 +1051,7 @@ async fn t9_killing_the_leader_mid_burst_hands_over_to_the_standby() {
         }
         // Who scaled: the Scaled events' reporting instances in time order change at most once.
         let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.ns);
-        let mut scaled: Vec<(String, String)> = events
+        let mut scaled: Vec<(Option<k8s_openapi::jiff::Timestamp>, String)> = events
             .list(&ListParams::default())
             .await
             .unwrap()
@@ -1059,8 +1059,7 @@ async fn t9_killing_the_leader_mid_burst_hands_over_to_the_standby() {
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some("Scaled"))
             .map(|e| {
-                let at = e.event_time.map(|t| t.0.to_string()).unwrap_or_default();
-                (at, e.reporting_instance.unwrap_or_default())
+                (e.event_time.map(|t| t.0), e.reporting_instance.unwrap_or_default())
             })
             .collect();
         scaled.sort();
