@@ -76,7 +76,8 @@ for kv in "${SYSCTLS[@]}"; do k=${kv%%=*}; [[ -e /proc/sys/$k ]] && echo "${kv#*
 if ! ip link show "$BRIDGE_NAME" >/dev/null 2>&1; then
   ip link add "$BRIDGE_NAME" type bridge
 fi
-ip addr show dev "$BRIDGE_NAME" | grep -q "inet $BRIDGE_ADDR/" || ip addr add "$BRIDGE_ADDR/${POD_CIDR#*/}" dev "$BRIDGE_NAME"
+# (captured, not piped into grep -q: under pipefail ip dies of SIGPIPE once grep has matched)
+[[ $(ip -4 addr show dev "$BRIDGE_NAME") == *"inet $BRIDGE_ADDR/"* ]] || ip addr add "$BRIDGE_ADDR/${POD_CIDR#*/}" dev "$BRIDGE_NAME"
 ip link set "$BRIDGE_NAME" up
 # Host services bound to 127.0.0.1 (LocalStack :4566) reached from pods as $BRIDGE_ADDR:<port>:
 # an in-kernel forwarder (DNAT to loopback, route_localnet on the bridge only), no daemon.

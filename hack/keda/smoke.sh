@@ -92,8 +92,8 @@ echo "keda smoke: 0 -> 1 after a message ($((SECONDS - T0))s)" >&2
 wait_until "the HPA to read the metric via external.metrics.k8s.io" 60 bash -c \
   "[[ -n \$(kubectl -n $ns get hpa keda-hpa-smoke -o 'jsonpath={.status.currentMetrics[0].external.current.averageValue}') ]]"
 metric=$(kubectl -n "$ns" get hpa keda-hpa-smoke -o 'jsonpath={.status.currentMetrics[0].external.metric.name}')
-kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/$ns/$metric?labelSelector=scaledobject.keda.sh%2Fname%3Dsmoke" |
-  grep -q '"value"' || fail "external.metrics.k8s.io gave no value for $metric"
+value=$(kubectl get --raw "/apis/external.metrics.k8s.io/v1beta1/namespaces/$ns/$metric?labelSelector=scaledobject.keda.sh%2Fname%3Dsmoke")
+[[ $value == *'"value"'* ]] || fail "external.metrics.k8s.io gave no value for $metric"
 echo "keda smoke: HPA reads $metric through external.metrics.k8s.io" >&2
 sqs -d Action=PurgeQueue
 wait_until "1 -> 0 replicas" 120 replicas "/0"
