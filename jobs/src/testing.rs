@@ -37,6 +37,37 @@ pub struct TestStack {
     pub dlq_url: Option<String>,
 }
 
+/// The clients that feed and inspect a test's buckets and queues. LocalStack under a
+/// benchmark's load (dozens of pods polling it, hundreds of requests a second, 2 shared cores)
+/// can answer slower than the SDK's stalled-stream floor (1 B/s over 5 s) or than three
+/// attempts allow: that is not what a test measures, so such requests wait and retry (each
+/// attempt still ends at the 25 s attempt timeout) instead of failing the run.
+fn patient(clients: AwsClients) -> AwsClients {
+    const ATTEMPTS: u32 = 8;
+    let s3 = clients
+        .s3
+        .config()
+        .to_builder()
+        .stalled_stream_protection(aws_sdk_s3::config::StalledStreamProtectionConfig::disabled())
+        .retry_config(
+            aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(ATTEMPTS),
+        )
+        .build();
+    let sqs = clients
+        .sqs
+        .config()
+        .to_builder()
+        .stalled_stream_protection(aws_sdk_sqs::config::StalledStreamProtectionConfig::disabled())
+        .retry_config(
+            aws_sdk_sqs::config::retry::RetryConfig::standard().with_max_attempts(ATTEMPTS),
+        )
+        .build();
+    AwsClients {
+        s3: aws_sdk_s3::Client::from_conf(s3),
+        sqs: aws_sdk_sqs::Client::from_conf(sqs),
+    }
+}
+
 impl TestStack {
     /// Creates fresh buckets and queues named after `prefix`. Panics with an explanation
     /// when LocalStack cannot be reached: a test that needs it must fail, not skip.
@@ -57,7 +88,7 @@ impl TestStack {
         );
         let config = Config::from_vars(&Vars::new(|k| env.get(k).cloned()))
             .expect("test configuration is valid");
-        let clients = AwsClients::connect(&config).await;
+        let clients = patient(AwsClients::connect(&config).await);
 
         for bucket in [&config.s3_in_bucket, &config.s3_out_bucket] {
             clients
