@@ -7,9 +7,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export KUBECONFIG="$KUBECONFIG_PATH" PATH="$BIN_DIR:$PATH"
 kubectl get --raw /readyz >/dev/null 2>&1 || { klog "cluster not up: nothing to remove"; exit 0; }
 kubectl delete apiservice v1beta1.external.metrics.k8s.io --ignore-not-found >&2
-# ScaledObjects first, while the operator still runs to remove their finalizers.
-if kubectl get crd scaledobjects.keda.sh >/dev/null 2>&1; then
-  kubectl delete scaledobjects.keda.sh,scaledjobs.keda.sh --all -A --ignore-not-found --timeout=60s >&2 || true
+# Every KEDA object first, while the operator still runs to remove their finalizers (a
+# TriggerAuthentication carries one too: left behind, its CRD never goes and delete -k times out).
+kinds=()
+for kind in scaledobjects scaledjobs triggerauthentications clustertriggerauthentications; do
+  kubectl get crd "$kind.keda.sh" >/dev/null 2>&1 && kinds+=("$kind.keda.sh")
+done
+if ((${#kinds[@]})); then
+  kubectl delete "$(IFS=,; echo "${kinds[*]}")" --all -A --ignore-not-found --timeout=60s >&2 || true
 fi
 link_upstream
 kubectl delete -k "$KEDA_DIR/kustomize" --ignore-not-found --timeout=120s >&2
