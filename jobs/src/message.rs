@@ -51,6 +51,12 @@ impl JobMessage {
         Self::decode(body)
     }
 
+    /// The job id at the start of a body that may be malformed otherwise (a bad filename,
+    /// too long): the worker can still store a `failed` result its client will read.
+    pub fn job_id_in(body: &str) -> Option<JobId> {
+        body.split_once('_')?.0.parse().ok()
+    }
+
     pub fn decode(body: &str) -> Result<Self, MessageError> {
         if body.len() > MAX_BODY_BYTES {
             return Err(MessageError::TooLong(body.len()));
@@ -185,6 +191,19 @@ mod tests {
         let decoded = check(prefix).is_ok();
         prefix.truncate(id_len);
         decoded
+    }
+
+    #[test]
+    fn a_malformed_body_may_still_name_its_job() {
+        let id: JobId = ID.parse().unwrap();
+        assert_eq!(JobMessage::job_id_in(&format!("{ID}_../../x")), Some(id));
+        assert_eq!(
+            JobMessage::job_id_in(&format!("{ID}_{}", "x".repeat(5000))),
+            Some(id)
+        );
+        for body in ["garbage", "not-a-uuid_file.jpg", "", ID] {
+            assert_eq!(JobMessage::job_id_in(body), None, "{body:?}");
+        }
     }
 
     /// Every byte string of length 0..=2 (65 793 of them), alone and as the filename after a

@@ -24,7 +24,7 @@ use crate::face::FaceRecognizer;
 use crate::job::{self, JobContext, JobObserver, NoObserver};
 use crate::metrics::{Metrics, Outcome};
 use crate::processor::Processor;
-use crate::queue::{BatchDeleter, MAX_BATCH, Queue, QueueError, Received};
+use crate::queue::{BatchDeleter, CachedRedrivePolicy, MAX_BATCH, Queue, QueueError, Received};
 use crate::settings::Settings;
 use crate::storage::Storage;
 
@@ -32,6 +32,12 @@ use crate::storage::Storage;
 const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(30);
 /// Most `ReceiveMessage` calls in flight at once per process.
 const MAX_POLLERS: usize = 8;
+/// The most the hand-back of unfinished messages may take after the drain, so the process
+/// exits within the pod's release margin rather than being SIGKILLed mid-call; messages not
+/// handed back in time return when their visibility expires.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the queue's redrive policy (the attempt limit) is read again.
+const REDRIVE_REFRESH: Duration = Duration::from_secs(300);
 
 pub struct Worker {
     queue: Queue,
@@ -113,8 +119,21 @@ impl Worker {
             visibility_s = self.queue.visibility().as_secs(),
             "worker started"
         );
+        // The attempt limit: known before the first job when the queue answers in time.
+        let redrive = CachedRedrivePolicy::default();
+        redrive.refresh(&self.queue).await;
+        let redrive_refresh = tokio::spawn({
+            let (redrive, queue) = (redrive.clone(), self.queue.clone());
+            async move {
+                loop {
+                    tokio::time::sleep(REDRIVE_REFRESH).await;
+                    redrive.refresh(&queue).await;
+                }
+            }
+        });
         let ctx = Arc::new(JobContext {
             acks: BatchDeleter::spawn(self.queue.clone()),
+            redrive,
             queue: self.queue,
             storage: self.storage,
             processor,
@@ -143,6 +162,7 @@ impl Worker {
         receive_loop(&ctx, &mut tasks, &shutdown, &drain_expired).await;
         tasks.drain(&ctx, &drain_expired).await;
         drain_clock.abort();
+        redrive_refresh.abort();
         info!("worker stopped");
     }
 }
@@ -221,12 +241,27 @@ async fn receive_loop(
         }
     }
     if !handed_back.is_empty() {
-        let released = ctx.queue.release(&handed_back).await;
+        let released = release_within(ctx, &handed_back).await;
         info!(
             received = handed_back.len(),
             released, "shutdown during a receive: handed its messages back"
         );
         ctx.metrics.jobs_released(released);
+    }
+}
+
+/// Hands messages back, giving up after [`RELEASE_TIMEOUT`].
+async fn release_within(ctx: &JobContext, receipt_handles: &[String]) -> usize {
+    match tokio::time::timeout(RELEASE_TIMEOUT, ctx.queue.release(receipt_handles)).await {
+        Ok(released) => released,
+        Err(_) => {
+            warn!(
+                messages = receipt_handles.len(),
+                timeout_s = RELEASE_TIMEOUT.as_secs(),
+                "handing messages back timed out; they return when their visibility expires"
+            );
+            0
+        }
     }
 }
 
@@ -285,9 +320,15 @@ impl Tasks {
                     return;
                 };
                 if err.is_panic() {
+                    // A panic inside an attempt is caught there; this is the backstop for
+                    // one elsewhere in the task. Its message goes back in a task of its own:
+                    // the receive loop never waits on an SQS call here.
                     let delay = ctx.settings.retry_delay(msg.receive_count);
                     error!(error = %err, retry_in_s = delay.as_secs(), "job task panicked; returning its message");
-                    let _ = ctx.queue.hide_for(&msg.receipt_handle, delay).await;
+                    let queue = ctx.queue.clone();
+                    tokio::spawn(async move {
+                        let _ = queue.hide_for(&msg.receipt_handle, delay).await;
+                    });
                     ctx.metrics.job(Outcome::Retried);
                 } else {
                     // Cancelled: only the drain aborts tasks, and it collects these itself.
@@ -324,7 +365,7 @@ impl Tasks {
             .into_values()
             .map(|m| m.receipt_handle)
             .collect();
-        let released = ctx.queue.release(&handles).await;
+        let released = release_within(ctx, &handles).await;
         ctx.metrics.jobs_released(released);
         info!(
             unfinished = handles.len(),

@@ -24,6 +24,9 @@ pub enum Outcome {
     Poison,
     /// Handed back at shutdown (visibility reset to 0) before it finished.
     Released,
+    /// Its visibility could not be held (the heartbeat failed until it lapsed, or the receipt
+    /// handle was invalid): the attempt was stopped and the message left to the queue.
+    Abandoned,
 }
 
 impl Outcome {
@@ -35,6 +38,7 @@ impl Outcome {
             Outcome::Retried => "retried",
             Outcome::Poison => "poison",
             Outcome::Released => "released",
+            Outcome::Abandoned => "abandoned",
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct Metrics {
     processing_seconds: Histogram,
     empty_receives: Counter,
     receive_errors: Counter,
+    result_conflicts: Counter,
+    heartbeat_failures: Counter,
     draining: AtomicBool,
     ready: AtomicBool,
 }
@@ -63,7 +69,7 @@ impl Metrics {
         let jobs = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "jobs",
-            "Messages handled, by outcome (done, failed, already_done, retried, poison, released)",
+            "Messages handled, by outcome (done, failed, already_done, retried, poison, released, abandoned)",
             jobs.clone(),
         );
         let in_flight = Gauge::default();
@@ -104,6 +110,18 @@ impl Metrics {
             "ReceiveMessage calls that failed",
             receive_errors.clone(),
         );
+        let result_conflicts = Counter::default();
+        registry.register(
+            "result_conflicts",
+            "Result writes refused because a result was already stored (another attempt finished first)",
+            result_conflicts.clone(),
+        );
+        let heartbeat_failures = Counter::default();
+        registry.register(
+            "heartbeat_failures",
+            "ChangeMessageVisibility calls of the heartbeat that failed or timed out",
+            heartbeat_failures.clone(),
+        );
         for outcome in [Outcome::Done, Outcome::Failed] {
             // Present from the start so dashboards see zeros, not absent series.
             let _ = jobs.get_or_create(&OutcomeLabels {
@@ -119,6 +137,8 @@ impl Metrics {
             processing_seconds,
             empty_receives,
             receive_errors,
+            result_conflicts,
+            heartbeat_failures,
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         }
@@ -163,6 +183,22 @@ impl Metrics {
 
     pub fn receive_error(&self) {
         self.receive_errors.inc();
+    }
+
+    pub fn result_conflict(&self) {
+        self.result_conflicts.inc();
+    }
+
+    pub fn result_conflicts(&self) -> u64 {
+        self.result_conflicts.get()
+    }
+
+    pub fn heartbeat_failure(&self) {
+        self.heartbeat_failures.inc();
+    }
+
+    pub fn heartbeat_failures(&self) -> u64 {
+        self.heartbeat_failures.get()
     }
 
     pub fn job_started(&self) {
@@ -234,6 +270,8 @@ mod tests {
             "qwp_worker_processing_duration_seconds_count 1",
             "qwp_worker_empty_receives_total 1",
             "qwp_worker_receive_errors_total 0",
+            "qwp_worker_result_conflicts_total 0",
+            "qwp_worker_heartbeat_failures_total 0",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

@@ -6,6 +6,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncReadExt};
+
 use qwp_jobs::JobMessage;
 use rand::Rng;
 use serde_json::{Value, json};
@@ -64,8 +66,8 @@ impl Processor {
         match &self.settings {
             ProcessorSettings::Sleep(duration) => Ok(sleep(*duration).await),
             ProcessorSettings::Checksum => Ok(checksum(input)),
-            ProcessorSettings::Command { argv, timeout } => {
-                run_command(argv, *timeout, job, input).await
+            ProcessorSettings::Command { argv, timeout, env } => {
+                run_command(argv, *timeout, env, job, input).await
             }
             ProcessorSettings::Face(_) => match &self.face {
                 Some(face) => face.recognise(input).await,
@@ -94,11 +96,13 @@ pub fn checksum(input: &[u8]) -> Value {
 }
 
 /// Runs the program on a private copy of the input, named like the upload (the
-/// filename is validated by [`qwp_jobs::Filename`], so it cannot escape the directory).
+/// filename is validated by [`qwp_jobs::Filename`], so it cannot escape the directory),
+/// with only `env` and `QWP_JOB_ID` in its environment and bounded reads of its output.
 /// Dropping this future (timeout, shutdown abort) kills the child process.
 async fn run_command(
     argv: &[String],
     timeout: Duration,
+    env: &[(String, String)],
     job: &JobMessage,
     input: &[u8],
 ) -> Result<Value, ProcessError> {
@@ -122,6 +126,8 @@ async fn run_command(
         command.args(args).arg(&path);
     }
     command
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("QWP_JOB_ID", job.job_id.to_string())
         .current_dir(dir.path())
         .stdin(Stdio::null())
@@ -129,10 +135,19 @@ async fn run_command(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
 
-    let child = command
+    let mut child = command
         .spawn()
         .map_err(|e| ProcessError::Transient(format!("cannot start {program:?}: {e}")))?;
-    let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let run = async {
+        let (stdout, stderr, status) = tokio::join!(
+            read_bounded(stdout, MAX_COMMAND_OUTPUT_BYTES, Keep::Head),
+            read_bounded(stderr, STDERR_EXCERPT_BYTES, Keep::Tail),
+            child.wait()
+        );
+        Ok::<_, std::io::Error>((stdout?, stderr?, status?))
+    };
+    let (stdout, stderr, status) = match tokio::time::timeout(timeout, run).await {
         Ok(Ok(output)) => output,
         Ok(Err(e)) => {
             return Err(ProcessError::Transient(format!(
@@ -146,25 +161,74 @@ async fn run_command(
             )));
         }
     };
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&stderr.kept);
         let excerpt = tail(stderr.trim(), STDERR_EXCERPT_BYTES);
         return Err(ProcessError::Failed(format!(
             "{program:?} {}{}{}",
-            describe_status(output.status),
+            describe_status(status),
             if excerpt.is_empty() { "" } else { ": " },
             excerpt
         )));
     }
-    if output.stdout.len() > MAX_COMMAND_OUTPUT_BYTES {
+    if stdout.total > MAX_COMMAND_OUTPUT_BYTES {
         return Err(ProcessError::Failed(format!(
             "{program:?} wrote {} bytes to stdout; at most {MAX_COMMAND_OUTPUT_BYTES} are kept",
-            output.stdout.len()
+            stdout.total
         )));
     }
     Ok(Value::String(
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        String::from_utf8_lossy(&stdout.kept).trim().to_string(),
     ))
+}
+
+/// Which part of a stream [`read_bounded`] keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Head,
+    Tail,
+}
+
+struct Captured {
+    /// At most the bound: the first or the last bytes.
+    kept: Vec<u8>,
+    /// Everything the child wrote.
+    total: usize,
+}
+
+/// Reads a pipe to its end keeping at most `bound` bytes, so a noisy tool cannot exhaust
+/// the worker's memory; the rest is read and dropped so the child never blocks on a full pipe.
+async fn read_bounded(
+    pipe: Option<impl AsyncRead + Unpin>,
+    bound: usize,
+    keep: Keep,
+) -> std::io::Result<Captured> {
+    let mut captured = Captured {
+        kept: Vec::new(),
+        total: 0,
+    };
+    let Some(mut pipe) = pipe else {
+        return Ok(captured);
+    };
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = pipe.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(captured);
+        }
+        captured.total += n;
+        match keep {
+            Keep::Head => {
+                let room = bound.saturating_sub(captured.kept.len());
+                captured.kept.extend_from_slice(&chunk[..n.min(room)]);
+            }
+            Keep::Tail => {
+                captured.kept.extend_from_slice(&chunk[..n]);
+                let excess = captured.kept.len().saturating_sub(bound);
+                captured.kept.drain(..excess);
+            }
+        }
+    }
 }
 
 fn describe_status(status: std::process::ExitStatus) -> String {
@@ -198,9 +262,17 @@ mod tests {
     }
 
     fn command(argv: &[&str], timeout_ms: u64) -> Processor {
+        command_with_env(argv, timeout_ms, &[("PATH", "/usr/bin:/bin")])
+    }
+
+    fn command_with_env(argv: &[&str], timeout_ms: u64, env: &[(&str, &str)]) -> Processor {
         Processor::new(ProcessorSettings::Command {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             timeout: Duration::from_millis(timeout_ms),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         })
     }
 
@@ -298,6 +370,77 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, ProcessError::Transient(m) if m.contains("cannot start")));
+    }
+
+    #[tokio::test]
+    async fn command_sees_only_its_allowlisted_environment() {
+        // The test process has its own environment (CARGO_*, maybe AWS_*): none of it leaks.
+        let job = job("a.jpg");
+        let value = command_with_env(
+            // `-u {input}` places the input path where env ignores it (unsets no such variable).
+            &["/usr/bin/env", "-0", "-u", "{input}"],
+            10_000,
+            &[("PATH", "/usr/bin:/bin"), ("MODEL_DIR", "/models")],
+        )
+        .process(&job, b"x")
+        .await
+        .unwrap();
+        let output = value.as_str().unwrap();
+        let mut seen: Vec<&str> = output.split('\0').filter(|v| !v.is_empty()).collect();
+        seen.sort();
+        let job_id = format!("QWP_JOB_ID={}", job.job_id);
+        assert_eq!(
+            seen,
+            ["MODEL_DIR=/models", "PATH=/usr/bin:/bin", job_id.as_str()]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_on_stdout_is_read_with_a_bound_and_fails_the_job() {
+        // 8 MiB on stdout, 1 MiB of it kept at most; the child is never blocked on the pipe.
+        let err = command(
+            &[
+                "sh",
+                "-c",
+                "head -c 8388608 /dev/zero; echo tail-of-stderr >&2",
+                "{input}",
+            ],
+            30_000,
+        )
+        .process(&job("a.jpg"), b"x")
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ProcessError::Failed(format!(
+                "\"sh\" wrote 8388608 bytes to stdout; at most {MAX_COMMAND_OUTPUT_BYTES} are kept"
+            ))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_on_stderr_keeps_only_its_tail() {
+        let err = command(
+            &[
+                "sh",
+                "-c",
+                "head -c 4000000 /dev/zero | tr '\\0' a >&2; echo END >&2; exit 1",
+                "{input}",
+            ],
+            30_000,
+        )
+        .process(&job("a.jpg"), b"x")
+        .await
+        .unwrap_err();
+        let ProcessError::Failed(message) = err else {
+            panic!("expected a failed job, got {err:?}");
+        };
+        assert!(message.ends_with("aaaaEND"), "{}", tail(&message, 40));
+        assert!(
+            message.len() < STDERR_EXCERPT_BYTES + 100,
+            "{} bytes",
+            message.len()
+        );
     }
 
     #[test]

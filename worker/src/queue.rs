@@ -1,20 +1,20 @@
 //! The request queue as the worker uses it: receive, acknowledge, hide for a while,
 //! hand back, and park poison pills in the DLQ.
 
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use aws_sdk_sqs::types::{
     ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageAttributeValue, MessageSystemAttributeName,
+    MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
 
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 
-use qwp_runtime::aws_error::{ErrorClass, classify, describe};
+use qwp_runtime::aws_error::{ErrorClass, classify, code, describe};
 
 /// SQS returns at most 10 messages per receive.
 pub const MAX_BATCH: usize = 10;
@@ -27,15 +27,37 @@ pub struct Received {
     pub message_id: String,
     pub receipt_handle: String,
     pub body: Option<String>,
-    /// 1 on first delivery; drives the retry backoff.
+    /// 1 on first delivery; drives the retry backoff and the attempt limit.
     pub receive_count: u32,
+    /// When the receive answered: the message is hidden for one visibility timeout from
+    /// about then.
+    pub received_at: Instant,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct QueueError {
     pub class: ErrorClass,
+    /// The service's error code (`ReceiptHandleIsInvalid`), or how the call failed.
+    pub code: String,
     pub message: String,
+}
+
+/// Codes meaning the receipt handle no longer holds the message: its visibility lapsed and
+/// it was received again (by this or another worker), or it was deleted.
+const RECEIPT_LOST_CODES: &[&str] = &[
+    "ReceiptHandleIsInvalid",
+    "MessageNotInflight",
+    "AWS.SimpleQueueService.MessageNotInflight",
+];
+
+impl QueueError {
+    /// The message is no longer ours to extend or delete. AWS also answers an expired handle
+    /// with `InvalidParameterValue` naming the receipt handle.
+    pub fn receipt_lost(&self) -> bool {
+        RECEIPT_LOST_CODES.contains(&self.code.as_str())
+            || (self.code == "InvalidParameterValue" && self.message.contains("ReceiptHandle"))
+    }
 }
 
 impl<E> From<SdkError<E, HttpResponse>> for QueueError
@@ -45,7 +67,80 @@ where
     fn from(err: SdkError<E, HttpResponse>) -> Self {
         QueueError {
             class: classify(&err),
+            code: code(&err).to_string(),
             message: describe(&err),
+        }
+    }
+}
+
+/// How many receives the queue allows before its redrive policy moves a message to the
+/// dead-letter queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedrivePolicy {
+    /// `maxReceiveCount` of the queue's `RedrivePolicy`.
+    DeadLetterAfter(u32),
+    /// No redrive policy: the queue would redeliver forever.
+    None,
+}
+
+impl RedrivePolicy {
+    /// Parses the `RedrivePolicy` attribute; SQS writes `maxReceiveCount` as a number or a
+    /// string depending on how it was set.
+    pub fn parse(attribute: Option<&str>) -> Result<Self, String> {
+        let Some(raw) = attribute.filter(|a| !a.trim().is_empty()) else {
+            return Ok(RedrivePolicy::None);
+        };
+        let policy: serde_json::Value =
+            serde_json::from_str(raw).map_err(|e| format!("RedrivePolicy {raw:?}: {e}"))?;
+        let count = match &policy["maxReceiveCount"] {
+            serde_json::Value::Number(n) => n.as_u64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        count
+            .and_then(|c| u32::try_from(c).ok())
+            .filter(|&c| c >= 1)
+            .map(RedrivePolicy::DeadLetterAfter)
+            .ok_or_else(|| format!("RedrivePolicy {raw:?} has no valid maxReceiveCount"))
+    }
+}
+
+/// The queue's redrive policy as last read. Read at start and refreshed in the background
+/// (a changed policy is picked up without a restart); a job only looks at the cached value.
+#[derive(Clone, Debug, Default)]
+pub struct CachedRedrivePolicy(Arc<std::sync::RwLock<Option<RedrivePolicy>>>);
+
+/// How long one read of the policy may take before the worker goes on without it.
+const REDRIVE_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl CachedRedrivePolicy {
+    /// `None` until a read succeeded.
+    pub fn get(&self) -> Option<RedrivePolicy> {
+        *self.0.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads the policy now; a failure keeps the last value (and is logged).
+    pub async fn refresh(&self, queue: &Queue) {
+        let read = tokio::time::timeout(REDRIVE_READ_TIMEOUT, queue.redrive_policy()).await;
+        match read {
+            Ok(Ok(policy)) => {
+                let previous = self
+                    .0
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace(policy);
+                if previous != Some(policy) {
+                    tracing::info!(?policy, "queue redrive policy");
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "could not read the queue's redrive policy; keeping the last one known")
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "reading the queue's redrive policy timed out; keeping the last one known"
+                )
+            }
         }
     }
 }
@@ -95,6 +190,7 @@ impl Queue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await?;
+        let received_at = Instant::now();
         Ok(out
             .messages
             .unwrap_or_default()
@@ -112,6 +208,7 @@ impl Queue {
                     receipt_handle: m.receipt_handle?,
                     body: m.body,
                     receive_count,
+                    received_at,
                 })
             })
             .collect())
@@ -179,6 +276,26 @@ impl Queue {
             }
         }
         released
+    }
+
+    /// The queue's redrive policy, read from its attributes.
+    pub async fn redrive_policy(&self) -> Result<RedrivePolicy, QueueError> {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await?;
+        let attribute = out
+            .attributes
+            .as_ref()
+            .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy));
+        RedrivePolicy::parse(attribute.map(String::as_str)).map_err(|message| QueueError {
+            class: ErrorClass::Unexpected,
+            code: "InvalidRedrivePolicy".into(),
+            message,
+        })
     }
 
     /// Copies a poison pill to the DLQ with the reason attached.
@@ -262,6 +379,7 @@ impl BatchDeleter {
         let (reply, answer) = oneshot::channel();
         let gone = || QueueError {
             class: ErrorClass::Unexpected,
+            code: "BatcherStopped".into(),
             message: "the delete batcher has stopped".into(),
         };
         self.requests
@@ -303,6 +421,7 @@ impl Queue {
                             } else {
                                 ErrorClass::Transient
                             },
+                            code: f.code.clone(),
                             message: format!("{}: {}", f.code, f.message.unwrap_or_default()),
                         };
                         (f.id, error)
@@ -319,5 +438,52 @@ impl Queue {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_policy_reads_max_receive_count_as_number_or_string() {
+        let arn = "arn:aws:sqs:us-east-1:000000000000:dlq";
+        for raw in [
+            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":2}}"#),
+            format!(r#"{{"deadLetterTargetArn":"{arn}","maxReceiveCount":"2"}}"#),
+        ] {
+            assert_eq!(
+                RedrivePolicy::parse(Some(&raw)),
+                Ok(RedrivePolicy::DeadLetterAfter(2))
+            );
+        }
+        assert_eq!(RedrivePolicy::parse(None), Ok(RedrivePolicy::None));
+        assert_eq!(RedrivePolicy::parse(Some("")), Ok(RedrivePolicy::None));
+        for bad in [
+            "{",
+            r#"{"maxReceiveCount":0}"#,
+            r#"{"maxReceiveCount":"x"}"#,
+        ] {
+            assert!(RedrivePolicy::parse(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_lost_receipt_is_told_apart_from_other_failures() {
+        let err = |code: &str, message: &str| QueueError {
+            class: ErrorClass::Unexpected,
+            code: code.into(),
+            message: message.into(),
+        };
+        assert!(err("ReceiptHandleIsInvalid", "").receipt_lost());
+        assert!(
+            err(
+                "InvalidParameterValue",
+                "Value x for parameter ReceiptHandle is invalid. Reason: Message does not exist"
+            )
+            .receipt_lost()
+        );
+        assert!(!err("InvalidParameterValue", "VisibilityTimeout too big").receipt_lost());
+        assert!(!err("InternalError", "").receipt_lost());
     }
 }

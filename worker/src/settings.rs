@@ -58,9 +58,51 @@ pub enum ProcessorSettings {
     Command {
         argv: Vec<String>,
         timeout: Duration,
+        /// The child's whole environment (besides `QWP_JOB_ID`): see [`command_env`].
+        env: Vec<(String, String)>,
     },
     /// The person in a photo, named from a gallery of reference photos (docs/worker.md).
     Face(FaceSettings),
+}
+
+/// Variables a `command` child gets from the worker's environment when they are set. Nothing
+/// else is inherited: the worker's AWS keys must not reach a tool that parses uploads.
+pub const COMMAND_BASE_ENV: [&str; 4] = ["PATH", "HOME", "TMPDIR", "LANG"];
+/// `PATH` of a child when the worker has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The `command` child's environment: [`COMMAND_BASE_ENV`] plus the names listed in
+/// `WORKER_COMMAND_ENV` (comma- or space-separated), each with the worker's value when set.
+/// `AWS_*` names are refused: credentials never reach a job.
+pub fn command_env(vars: &Vars) -> Result<Vec<(String, String)>, ConfigError> {
+    let listed = vars.optional("WORKER_COMMAND_ENV").unwrap_or_default();
+    let mut names: Vec<&str> = COMMAND_BASE_ENV.to_vec();
+    for name in listed.split([',', ' ']).filter(|n| !n.is_empty()) {
+        let refuse = |reason: &str| ConfigError {
+            name: "WORKER_COMMAND_ENV".into(),
+            value: listed.clone(),
+            reason: format!("{name:?} {reason}"),
+        };
+        let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(refuse("is not a variable name"));
+        }
+        if name.to_ascii_uppercase().starts_with("AWS_") {
+            return Err(refuse("is an AWS variable; credentials never reach a job"));
+        }
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    let mut env: Vec<(String, String)> = names
+        .iter()
+        .filter_map(|name| vars.optional(name).map(|value| (name.to_string(), value)))
+        .collect();
+    if !env.iter().any(|(name, _)| name == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    Ok(env)
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +119,9 @@ pub struct Settings {
     pub retry_base: Duration,
     /// Cap of that delay.
     pub retry_max: Duration,
+    /// Attempts a job gets when the queue has no redrive policy (`WORKER_MAX_ATTEMPTS`); with
+    /// one, its `maxReceiveCount` decides. The last attempt that fails stores a `failed` result.
+    pub max_attempts: u32,
 }
 
 impl Default for Settings {
@@ -90,6 +135,7 @@ impl Default for Settings {
             dlq_url: None,
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(300),
+            max_attempts: 5,
         }
     }
 }
@@ -123,6 +169,7 @@ impl Settings {
                 ProcessorSettings::Command {
                     argv,
                     timeout: Duration::from_secs(timeout),
+                    env: command_env(vars)?,
                 }
             }
             "face" => ProcessorSettings::Face(face_settings(vars)?),
@@ -151,6 +198,7 @@ impl Settings {
             dlq_url: vars.optional("SQS_DLQ_URL"),
             retry_base: Duration::from_secs(retry_base),
             retry_max: Duration::from_secs(retry_max),
+            max_attempts: vars.parse_in("WORKER_MAX_ATTEMPTS", defaults.max_attempts, 1..=1000)?,
         })
     }
 
@@ -275,6 +323,7 @@ mod tests {
                     "{input}".into()
                 ],
                 timeout: Duration::from_secs(7),
+                env: vec![("PATH".into(), DEFAULT_PATH.into())],
             }
         );
         let err = settings(&[("WORKER_PROCESSOR", "command")]).unwrap_err();
@@ -329,9 +378,39 @@ mod tests {
             (WORKER_DRAIN_SECONDS, "-1"),
             (WORKER_ADMIN_PORT, "70000"),
             ("WORKER_RETRY_BASE_SECONDS", "600"),
+            ("WORKER_MAX_ATTEMPTS", "0"),
         ] {
             let err = settings(&[(name, value)]).unwrap_err();
             assert_eq!(err.name, name, "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn command_env_is_the_allowlist_with_the_workers_values() {
+        let vars = Vars::from_pairs(&[
+            ("PATH", "/opt/bin:/usr/bin"),
+            ("HOME", "/home/worker"),
+            ("LANG", "C.UTF-8"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cr3t"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("MODEL_DIR", "/models"),
+            ("UNLISTED", "x"),
+            ("WORKER_COMMAND_ENV", "MODEL_DIR, NOT_SET"),
+        ]);
+        assert_eq!(
+            command_env(&vars).unwrap(),
+            [
+                ("PATH", "/opt/bin:/usr/bin"),
+                ("HOME", "/home/worker"),
+                ("LANG", "C.UTF-8"),
+                ("MODEL_DIR", "/models"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        for refused in ["AWS_SECRET_ACCESS_KEY", "aws_session_token", "1X", "A-B"] {
+            let err =
+                command_env(&Vars::from_pairs(&[("WORKER_COMMAND_ENV", refused)])).unwrap_err();
+            assert_eq!(err.name, "WORKER_COMMAND_ENV", "{refused}: {err}");
         }
     }
 

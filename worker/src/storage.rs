@@ -6,7 +6,16 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use qwp_jobs::{JobMessage, JobResult};
 
-use qwp_runtime::aws_error::{ErrorClass, classify, describe};
+use qwp_runtime::aws_error::{ErrorClass, classify, describe, http_status};
+
+/// What a result write did. Writes are conditional (`If-None-Match: *`): the first result
+/// stored for a job is the one every client reads, whichever attempt wrote it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResultWrite {
+    Stored,
+    /// Another attempt stored a result first; it is kept.
+    AlreadyStored,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
@@ -116,16 +125,24 @@ impl Storage {
         Ok(data.into_bytes())
     }
 
-    pub async fn store_result(&self, result: &JobResult) -> Result<(), StorageError> {
-        self.s3
+    /// Stores the result unless one is already there. A 412 (`PreconditionFailed`) means an
+    /// object exists, including when an earlier try of this same call was stored but its
+    /// answer lost; a 409 (a concurrent conditional write in progress) is retried via the queue.
+    pub async fn store_result(&self, result: &JobResult) -> Result<ResultWrite, StorageError> {
+        let put = self
+            .s3
             .put_object()
             .bucket(&self.out_bucket)
             .key(qwp_jobs::keys::output_key(&result.job_id))
+            .if_none_match("*")
             .content_type("application/json")
             .body(ByteStream::from(result.to_json_bytes()))
             .send()
-            .await
-            .map_err(|err| StorageError::new("PutObject (result)", &err))?;
-        Ok(())
+            .await;
+        match put {
+            Ok(_) => Ok(ResultWrite::Stored),
+            Err(err) if http_status(&err) == Some(412) => Ok(ResultWrite::AlreadyStored),
+            Err(err) => Err(StorageError::new("PutObject (result)", &err)),
+        }
     }
 }

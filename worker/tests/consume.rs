@@ -122,7 +122,8 @@ async fn malformed_messages_are_deleted_and_the_worker_keeps_going() {
         .send_bodies(&[
             "garbage".to_string(),
             "not-a-uuid_file.jpg".to_string(),
-            format!("{}_../../etc/passwd", good.job_id),
+            // Names a job of its own: that job gets a failed result (see below).
+            format!("{}_../../etc/passwd", qwp_jobs::JobId::new()),
         ])
         .await;
     stack.send_messages(std::slice::from_ref(&good)).await;
@@ -207,17 +208,15 @@ async fn processor_failure_is_stored_as_a_failed_result() {
     let stack = stack("w-cmdfail", 30, None).await;
     let job = new_job("face.jpg");
     stack.submit(&[(job.clone(), b"not a face".to_vec())]).await;
-    let command = ProcessorSettings::Command {
-        argv: [
+    let command = command(
+        &[
             "sh",
             "-c",
             "echo \"no face in $(basename \"$0\")\" >&2; exit 4",
             "{input}",
-        ]
-        .map(String::from)
-        .to_vec(),
-        timeout: Duration::from_secs(30),
-    };
+        ],
+        Duration::from_secs(30),
+    );
     let worker = start_worker(&stack, settings(1, command), Arc::new(Counting::default()));
     let results = wait_for_results(&stack, &[job.job_id]).await;
     match &results[&job.job_id].outcome {
@@ -234,36 +233,120 @@ async fn processor_failure_is_stored_as_a_failed_result() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timed_out_job_is_retried_then_lands_in_the_dlq() {
+async fn timed_out_job_gets_a_failed_result_on_its_last_attempt_then_lands_in_the_dlq() {
     let max_receive_count = 2;
     let stack = stack("w-timeout", 10, Some(max_receive_count)).await;
     let dlq = stack.dlq_url.clone().unwrap();
     let job = new_job("slow.jpg");
     stack.submit(&[(job.clone(), b"x".to_vec())]).await;
 
-    let command = ProcessorSettings::Command {
-        argv: ["sh", "-c", "exec sleep 30", "{input}"]
-            .map(String::from)
-            .to_vec(),
-        timeout: Duration::from_secs(1),
-    };
     let observer = Arc::new(Counting::default());
-    let worker = start_worker(&stack, settings(1, command), observer.clone());
+    let worker = start_worker(
+        &stack,
+        settings(
+            1,
+            command(
+                &["sh", "-c", "exec sleep 30", "{input}"],
+                Duration::from_secs(1),
+            ),
+        ),
+        observer.clone(),
+    );
+    let results = wait_for_results(&stack, &[job.job_id]).await;
+    match &results[&job.job_id].outcome {
+        ResultOutcome::Failed { error } => assert!(
+            error.starts_with("gave up after 2 attempts: ")
+                && error.contains("timed out after 1 s"),
+            "{error}"
+        ),
+        other => panic!("expected a failed result, got {other:?}"),
+    }
     let parked = poll_until("the timed-out job in the DLQ", || receive_one(&stack, &dlq)).await;
     assert_eq!(parked.body(), Some(job.encode().as_str()));
+    wait_for_empty_queue(&stack).await;
     let metrics = worker.stop().await;
     assert_eq!(
         observer.runs().get(&job.job_id),
         Some(&(max_receive_count as usize))
     );
+    assert_eq!(metrics.jobs_with(Outcome::Retried), 1);
+    assert_eq!(metrics.jobs_with(Outcome::Failed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_redrive_policy_worker_max_attempts_bounds_the_retries() {
+    let stack = stack("w-maxattempts", 10, None).await;
+    let job = new_job("slow.jpg");
+    stack.submit(&[(job.clone(), b"x".to_vec())]).await;
+
+    let observer = Arc::new(Counting::default());
+    let worker = start_worker(
+        &stack,
+        Settings {
+            max_attempts: 3,
+            ..settings(
+                1,
+                command(
+                    &["sh", "-c", "exec sleep 30", "{input}"],
+                    Duration::from_secs(1),
+                ),
+            )
+        },
+        observer.clone(),
+    );
+    let results = wait_for_results(&stack, &[job.job_id]).await;
+    match &results[&job.job_id].outcome {
+        ResultOutcome::Failed { error } => {
+            assert!(error.starts_with("gave up after 3 attempts: "), "{error}")
+        }
+        other => panic!("expected a failed result, got {other:?}"),
+    }
+    // No DLQ to move it to: acknowledged once the failed result is stored.
+    wait_for_empty_queue(&stack).await;
+    let metrics = worker.stop().await;
+    assert_eq!(observer.runs().get(&job.job_id), Some(&3));
+    assert_eq!(metrics.jobs_with(Outcome::Retried), 2);
+    assert_eq!(metrics.jobs_with(Outcome::Failed), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_message_that_names_a_job_gives_that_job_a_failed_result() {
+    let stack = stack("w-poisonid", 30, None).await;
+    let named = qwp_jobs::JobId::new();
+    let finished = new_job("done.txt");
+    let earlier = JobResult::done(finished.job_id, "kept");
+    store_result(&stack, &earlier).await;
+    stack
+        .send_bodies(&[
+            format!("{named}_../../etc/passwd"),
+            format!("{}_a\tb", finished.job_id),
+        ])
+        .await;
+
+    let observer = Arc::new(Counting::default());
+    let worker = start_worker(
+        &stack,
+        settings(1, ProcessorSettings::Checksum),
+        observer.clone(),
+    );
+    let results = wait_for_results(&stack, &[named]).await;
+    match &results[&named].outcome {
+        ResultOutcome::Failed { error } => assert!(
+            error.starts_with("the job message is malformed: ") && error.contains("bad filename"),
+            "{error}"
+        ),
+        other => panic!("expected a failed result, got {other:?}"),
+    }
+    wait_for_empty_queue(&stack).await;
+    let metrics = worker.stop().await;
+    assert_eq!(metrics.jobs_with(Outcome::Poison), 2);
     assert_eq!(
-        metrics.jobs_with(Outcome::Retried),
-        max_receive_count as u64
+        metrics.result_conflicts(),
+        1,
+        "the stored result was not replaced"
     );
-    assert!(
-        result_of(&stack, &job.job_id).await.is_none(),
-        "a timed-out job has no result"
-    );
+    assert_eq!(result_of(&stack, &finished.job_id).await, Some(earlier));
+    assert_eq!(observer.total_runs(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

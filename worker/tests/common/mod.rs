@@ -13,6 +13,7 @@ use futures::StreamExt;
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_jobs::{Filename, JobId, JobMessage, JobResult};
 use qwp_worker::metrics::Metrics;
+use qwp_worker::settings::ProcessorSettings;
 use qwp_worker::{CancellationToken, JobObserver, Settings, Worker};
 use tokio::task::JoinHandle;
 
@@ -105,6 +106,15 @@ pub fn start_worker(
         shutdown,
         metrics,
         task,
+    }
+}
+
+/// A `command` processor with a plain `PATH` as its whole inherited environment.
+pub fn command(argv: &[&str], timeout: Duration) -> ProcessorSettings {
+    ProcessorSettings::Command {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        timeout,
+        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
     }
 }
 
