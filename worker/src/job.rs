@@ -334,11 +334,11 @@ async fn with_heartbeat<T>(
 const MAX_HEARTBEAT_CALL: Duration = Duration::from_secs(10);
 
 /// The heartbeat. Each `ChangeMessageVisibility` has its own timeout (a quarter of the
-/// visibility, at most [`MAX_HEARTBEAT_CALL`]), so a hung call cannot delay the next; a failed
-/// one is retried at once rather than a half timeout later. The message is given up (`lost`
-/// cancelled) when SQS says the receipt handle no longer holds it, or when the visibility
-/// secured by the last successful call runs out before another one can succeed: from then on
-/// another worker may be running the same job.
+/// visibility, at most [`MAX_HEARTBEAT_CALL`], and never past the visibility already secured),
+/// so a hung call cannot delay the next; a failed one is retried shortly rather than a half
+/// timeout later. The attempt is given up (`lost` cancelled) when SQS says the receipt handle
+/// no longer holds the message, or when the visibility secured by the last successful call
+/// runs out before another one succeeds: from then on another worker may run the same job.
 async fn keep_hidden(ctx: &JobContext, msg: &Received, lost: &CancellationToken) -> Infallible {
     let queue = &ctx.queue;
     let visibility = queue.visibility();
@@ -351,8 +351,9 @@ async fn keep_hidden(ctx: &JobContext, msg: &Received, lost: &CancellationToken)
     loop {
         tokio::time::sleep_until(next).await;
         let sent = tokio::time::Instant::now();
+        let remaining = hidden_until.saturating_duration_since(sent);
         let extended = tokio::time::timeout(
-            call_timeout,
+            call_timeout.min(remaining),
             queue.hide_for(&msg.receipt_handle, visibility),
         )
         .await;
@@ -372,13 +373,13 @@ async fn keep_hidden(ctx: &JobContext, msg: &Received, lost: &CancellationToken)
             Ok(Err(err)) => err.to_string(),
             Err(_) => format!(
                 "ChangeMessageVisibility did not answer within {} ms",
-                call_timeout.as_millis()
+                call_timeout.min(remaining).as_millis()
             ),
         };
         ctx.metrics.heartbeat_failure();
         failures += 1;
         let now = tokio::time::Instant::now();
-        if now + retry_pause + call_timeout >= hidden_until {
+        if now + retry_pause >= hidden_until {
             warn!(error = %failure, failures, "could not extend visibility before it lapsed; stopping the job");
             break;
         }

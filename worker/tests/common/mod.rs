@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod fault_proxy;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -91,14 +93,26 @@ pub fn start_worker(
     settings: Settings,
     observer: Arc<dyn JobObserver>,
 ) -> RunningWorker {
-    let worker = Worker::new(
-        &stack.config,
-        settings,
-        &stack.clients,
-        stack.queue_url.clone(),
-    )
-    .expect("valid worker configuration")
-    .with_observer(observer);
+    start_worker_with(stack, &stack.clients, settings, observer)
+}
+
+/// S3 and SQS clients of `stack` that reach LocalStack through `endpoint` (a fault proxy).
+pub async fn clients_via(stack: &TestStack, endpoint: &str) -> qwp_jobs::aws::AwsClients {
+    let mut config = stack.config.clone();
+    config.aws_endpoint_url = Some(endpoint.to_string());
+    qwp_jobs::aws::AwsClients::connect(&config).await
+}
+
+/// A worker on `stack`'s queue and buckets, talking to AWS through `clients`.
+pub fn start_worker_with(
+    stack: &TestStack,
+    clients: &qwp_jobs::aws::AwsClients,
+    settings: Settings,
+    observer: Arc<dyn JobObserver>,
+) -> RunningWorker {
+    let worker = Worker::new(&stack.config, settings, clients, stack.queue_url.clone())
+        .expect("valid worker configuration")
+        .with_observer(observer);
     let metrics = worker.metrics();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(worker.run(shutdown.clone()));
@@ -147,6 +161,43 @@ pub async fn store_result(stack: &TestStack, result: &JobResult) {
         .send()
         .await
         .expect("store result");
+}
+
+/// Keeps every version of every result object, so a test can tell a result written once
+/// from one overwritten.
+pub async fn keep_result_versions(stack: &TestStack) {
+    use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+    stack
+        .clients
+        .s3
+        .put_bucket_versioning()
+        .bucket(&stack.config.s3_out_bucket)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("enable versioning of the result bucket");
+}
+
+/// How many times the result of `job_id` was written (with [`keep_result_versions`]).
+pub async fn result_versions(stack: &TestStack, job_id: &JobId) -> usize {
+    let key = qwp_jobs::keys::output_key(job_id);
+    let out = stack
+        .clients
+        .s3
+        .list_object_versions()
+        .bucket(&stack.config.s3_out_bucket)
+        .prefix(&key)
+        .send()
+        .await
+        .expect("list result versions");
+    out.versions()
+        .iter()
+        .filter(|v| v.key() == Some(key.as_str()))
+        .count()
 }
 
 /// Waits until every job has a result; panics naming how many are missing.
