@@ -1,5 +1,6 @@
 //! Shutdown in the middle of slow jobs, in-process and with the real binary and a
-//! real SIGTERM: every job still ends with a result.
+//! real SIGTERM: every job still ends with a result. Also what the binary's `command`
+//! children see of its environment.
 
 mod common;
 
@@ -93,6 +94,9 @@ async fn drain_lets_in_flight_jobs_finish() {
 }
 
 /// The `qwp-worker` binary as a pod would run it, logging into a temporary file.
+/// The secret key the binary runs with: LocalStack accepts any, and a job must never see it.
+const SECRET_KEY: &str = "worker-secret-key-jobs-must-not-see";
+
 struct WorkerProcess {
     child: Child,
     admin_url: String,
@@ -108,6 +112,25 @@ impl WorkerProcess {
         sleep_seconds: u64,
         drain_seconds: u64,
     ) -> Self {
+        let (sleep, concurrency, drain) = (
+            sleep_seconds.to_string(),
+            concurrency.to_string(),
+            drain_seconds.to_string(),
+        );
+        Self::spawn_with(
+            stack,
+            &[
+                ("WORKER_PROCESSOR", "sleep"),
+                ("WORKER_SLEEP_SECONDS", &sleep),
+                ("WORKER_CONCURRENCY", &concurrency),
+                ("WORKER_DRAIN_SECONDS", &drain),
+            ],
+        )
+        .await
+    }
+
+    /// Starts the binary on `stack` with the worker settings in `env`.
+    async fn spawn_with(stack: &TestStack, env: &[(&str, &str)]) -> Self {
         let log = tempfile::NamedTempFile::new().unwrap();
         let config = &stack.config;
         let child = Command::new(env!("CARGO_BIN_EXE_qwp-worker"))
@@ -118,7 +141,7 @@ impl WorkerProcess {
             )
             .env("AWS_REGION", &config.aws_region)
             .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("S3_IN_BUCKET", &config.s3_in_bucket)
             .env("S3_OUT_BUCKET", &config.s3_out_bucket)
             .env("SQS_QUEUE_URL", &stack.queue_url)
@@ -127,10 +150,7 @@ impl WorkerProcess {
                 "SQS_VISIBILITY_TIMEOUT_SECONDS",
                 config.sqs_visibility_timeout_seconds.to_string(),
             )
-            .env("WORKER_PROCESSOR", "sleep")
-            .env("WORKER_SLEEP_SECONDS", sleep_seconds.to_string())
-            .env("WORKER_CONCURRENCY", concurrency.to_string())
-            .env("WORKER_DRAIN_SECONDS", drain_seconds.to_string())
+            .envs(env.iter().copied())
             .env("WORKER_ADMIN_PORT", "0")
             .env("LOG_FORMAT", "json")
             .stdout(log.reopen().unwrap())
@@ -266,4 +286,53 @@ async fn sigterm_to_the_binary_mid_batch_loses_no_job() {
     second.sigterm();
     let exit = second.wait().await;
     assert_eq!(exit.code(), Some(0), "logs:\n{}", second.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_job_that_prints_its_environment_sees_no_aws_credential() {
+    let stack = stack("w-cmdenv", 30, None).await;
+    let job = new_job("face.jpg");
+    stack.submit(&[(job.clone(), b"x".to_vec())]).await;
+    let mut worker = WorkerProcess::spawn_with(
+        &stack,
+        &[
+            ("WORKER_PROCESSOR", "command"),
+            // `-u {input}`: env ignores the input path (it unsets no such variable).
+            ("WORKER_COMMAND", "/usr/bin/env -u {input}"),
+            ("WORKER_COMMAND_ENV", "MODEL_DIR"),
+            ("MODEL_DIR", "/models"),
+            ("PATH", "/usr/bin:/bin"),
+            ("LANG", "C.UTF-8"),
+        ],
+    )
+    .await;
+    let results = wait_for_results(&stack, &[job.job_id]).await;
+    let printed = match &results[&job.job_id].outcome {
+        qwp_jobs::result::Outcome::Done { result } => result.as_str().unwrap().to_string(),
+        other => panic!("expected the environment as the result, got {other:?}"),
+    };
+    let mut seen: Vec<&str> = printed.lines().collect();
+    seen.sort();
+    let job_id = format!("QWP_JOB_ID={}", job.job_id);
+    assert_eq!(
+        seen,
+        [
+            "LANG=C.UTF-8",
+            "MODEL_DIR=/models",
+            "PATH=/usr/bin:/bin",
+            job_id.as_str()
+        ],
+        "the child's whole environment"
+    );
+    assert!(
+        !printed.contains("AWS_") && !printed.contains(SECRET_KEY),
+        "{printed}"
+    );
+    worker.sigterm();
+    assert_eq!(
+        worker.wait().await.code(),
+        Some(0),
+        "logs:\n{}",
+        worker.logs()
+    );
 }

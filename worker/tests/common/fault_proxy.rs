@@ -291,7 +291,7 @@ async fn drop_every_other_entry(
     {
         let mut faults = shared.faults.lock().unwrap();
         for entry in entries {
-            if faults.seen_entries % 2 == 0 {
+            if faults.seen_entries.is_multiple_of(2) {
                 dropped.push(entry);
                 faults.dropped_entries += 1;
             } else {
