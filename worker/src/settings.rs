@@ -10,6 +10,9 @@ use qwp_pool::contract::WorkerEnv;
 
 use crate::face::{FaceSettings, GallerySource};
 
+/// `WORKER_MAX_ATTEMPTS`' default: attempts a job gets when the queue has no redrive policy.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
 /// Where the worker image puts the face models (hack/cluster/images.sh).
 pub const DEFAULT_FACE_MODEL_DIR: &str = "/usr/local/share/qwp/face-models";
 
@@ -135,7 +138,7 @@ impl Default for Settings {
             dlq_url: None,
             retry_base: Duration::from_secs(5),
             retry_max: Duration::from_secs(300),
-            max_attempts: 5,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
 }
@@ -198,7 +201,7 @@ impl Settings {
             dlq_url: vars.optional("SQS_DLQ_URL"),
             retry_base: Duration::from_secs(retry_base),
             retry_max: Duration::from_secs(retry_max),
-            max_attempts: vars.parse_in("WORKER_MAX_ATTEMPTS", defaults.max_attempts, 1..=1000)?,
+            max_attempts: vars.parse_in("WORKER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1..=1000)?,
         })
     }
 
