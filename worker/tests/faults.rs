@@ -428,9 +428,14 @@ async fn when_retries_run_out_the_api_server_answers_failed() {
         qwp_api_server::settings::Settings::with_config(stack.config.clone()),
         stack.clients.clone(),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(qwp_api_server::serve(listener, api, std::future::pending()));
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", public.local_addr().unwrap());
+    tokio::spawn(qwp_api_server::serve(
+        qwp_api_server::Listeners { public, admin },
+        api,
+        std::future::pending(),
+    ));
 
     let observer = Arc::new(Timed::default());
     let worker = start_worker(
