@@ -54,6 +54,7 @@ pub struct Metrics {
     in_flight: Gauge,
     concurrency: Gauge,
     draining_gauge: Gauge,
+    ready_gauge: Gauge,
     processing_seconds: Histogram,
     empty_receives: Counter,
     receive_errors: Counter,
@@ -90,6 +91,12 @@ impl Metrics {
             "draining",
             "1 after SIGTERM: no new jobs are taken",
             draining_gauge.clone(),
+        );
+        let ready_gauge = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200: the queue answered a receive and no SIGTERM yet",
+            ready_gauge.clone(),
         );
         // 5 ms .. ~11 min: from checksum-sized work to long subprocesses.
         let processing_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 18));
@@ -134,6 +141,7 @@ impl Metrics {
             in_flight,
             concurrency: concurrency_gauge,
             draining_gauge,
+            ready_gauge,
             processing_seconds,
             empty_receives,
             receive_errors,
@@ -220,6 +228,7 @@ impl Metrics {
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
         self.draining_gauge.set(1);
+        self.ready_gauge.set(0);
     }
 
     pub fn draining(&self) -> bool {
@@ -229,6 +238,7 @@ impl Metrics {
     /// Ready once the queue answered a receive, until draining starts.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::SeqCst);
+        self.ready_gauge.set(i64::from(self.ready()));
     }
 
     pub fn ready(&self) -> bool {
@@ -267,6 +277,7 @@ mod tests {
             "qwp_worker_jobs_in_flight 1",
             "qwp_worker_concurrency 8",
             "qwp_worker_draining 0",
+            "qwp_worker_ready 0",
             "qwp_worker_processing_duration_seconds_count 1",
             "qwp_worker_empty_receives_total 1",
             "qwp_worker_receive_errors_total 0",
@@ -279,7 +290,14 @@ mod tests {
         assert!(!m.ready());
         m.set_ready();
         assert!(m.ready());
+        assert!(m.encode().contains("qwp_worker_ready 1\n"));
         m.set_draining();
         assert!(!m.ready() && m.draining());
+        assert!(m.encode().contains("qwp_worker_ready 0\n"));
+        m.set_ready();
+        assert!(
+            m.encode().contains("qwp_worker_ready 0\n"),
+            "a receive after SIGTERM does not make a draining worker ready"
+        );
     }
 }
