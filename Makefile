@@ -32,9 +32,9 @@ lint: ## Check formatting and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-unit: localstack-up face-fetch ## Unit and LocalStack integration tests (no cluster)
+unit: localstack-up face-fetch cluster-helm ## Unit and LocalStack integration tests (no cluster)
 	$(CARGO) test --workspace --exclude qwp-e2e --no-fail-fast
-	$(CARGO) test -p qwp-e2e --lib --test chart
+	$(CARGO) test -p qwp-e2e --lib --test chart --test dashboard
 
 test: lint unit e2e ## The whole suite: lint, unit, LocalStack integration and end-to-end tests
 

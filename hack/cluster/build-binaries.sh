@@ -5,6 +5,7 @@
 # (kubeadm is for the kind node image, hack/kind/node-image.sh)
 # Modules come from the Go module proxy; versions are pinned by hack/cluster/tools/*/go.mod.
 # Binaries that already exist are not rebuilt (delete the bin/ folder to force a rebuild).
+# With arguments, only those (`build-binaries.sh helm`: the chart checks of `make unit`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -33,6 +34,8 @@ build() { # build <tools-dir> <ldflags> <pkg>...
 PINS=$(cat "$TOOLS_DIR"/*/go.mod | sha256sum | cut -c1-12)
 SHARED_DIR="${QWP_CLUSTER_BIN_CACHE:-$HOME/.cache/qwp-cluster}/$K8S_VERSION-$PINS/bin"
 ALL=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm helm)
+WANTED=("${@:-${ALL[@]}}")
+wanted() { local b; for b in "$@"; do [[ " ${WANTED[*]} " == *" $b "* ]] && return 0; done; return 1; }
 for b in "${ALL[@]}"; do
   if [[ ! -x $BIN_DIR/$b && -x $SHARED_DIR/$b ]]; then
     cp -l "$SHARED_DIR/$b" "$BIN_DIR/$b" 2>/dev/null || cp "$SHARED_DIR/$b" "$BIN_DIR/$b"
@@ -41,7 +44,7 @@ done
 
 T0=$SECONDS
 # `go build -o dir/` names the etcd main package go.etcd.io/etcd/server/v3 "server"
-[[ -x "$BIN_DIR/etcd" ]] || { build etcd "" go.etcd.io/etcd/server/v3 && mv "$BIN_DIR/server" "$BIN_DIR/etcd"; }
+! wanted etcd || [[ -x "$BIN_DIR/etcd" ]] || { build etcd "" go.etcd.io/etcd/server/v3 && mv "$BIN_DIR/server" "$BIN_DIR/etcd"; }
 
 MAJOR=${K8S_VERSION#v}; MAJOR=${MAJOR%%.*}
 MINOR=${K8S_VERSION#v*.}; MINOR=${MINOR%%.*}
@@ -50,6 +53,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   KLD+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$MAJOR -X $pkg.gitMinor=$MINOR"
   KLD+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
+! wanted kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl kubeadm ||
 build k8s "$KLD" \
   k8s.io/kubernetes/cmd/kube-apiserver \
   k8s.io/kubernetes/cmd/kube-controller-manager \
@@ -60,10 +64,11 @@ build k8s "$KLD" \
   k8s.io/kubernetes/cmd/kubeadm
 
 HELM_VERSION=$(awk '$1=="require" && $2=="helm.sh/helm/v3" {print $3}' "$TOOLS_DIR/helm/go.mod")
-build helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+! wanted helm || build helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 
 mkdir -p "$SHARED_DIR"
 for b in "${ALL[@]}"; do
+  [[ -x $BIN_DIR/$b ]] || continue
   [[ $BIN_DIR/$b -ef $SHARED_DIR/$b ]] && continue
   rm -f "$SHARED_DIR/$b"
   cp -l "$BIN_DIR/$b" "$SHARED_DIR/$b" 2>/dev/null || cp "$BIN_DIR/$b" "$SHARED_DIR/$b"

@@ -1,10 +1,13 @@
 # Single-node Kubernetes without Docker (hack/cluster/README.md). Included by the root Makefile.
 QWP_CLUSTER_DIR := $(dir $(lastword $(MAKEFILE_LIST)))
 
-.PHONY: cluster-up cluster-down cluster-status cluster-smoke cluster-binaries images images-load
+.PHONY: cluster-up cluster-down cluster-status cluster-smoke cluster-binaries cluster-helm images images-load
 
 cluster-binaries: ## build k8s/etcd/helm binaries into .cache/cluster/<version>/bin (once)
 	$(QWP_CLUSTER_DIR)build-binaries.sh
+
+cluster-helm: ## build only helm into .cache/cluster/<version>/bin (the chart checks of `make unit`)
+	$(QWP_CLUSTER_DIR)build-binaries.sh helm
 
 cluster-up: ## start etcd, control plane, containerd, kubelet, kube-proxy; prints the kubeconfig path
 	$(QWP_CLUSTER_DIR)up.sh

@@ -756,8 +756,12 @@ async fn t0_chart_lints_and_renders_objects_the_cluster_accepts() {
     let chart = s.chart_dir().to_string_lossy().into_owned();
     let lint = cmd::run("helm", &["lint", "--strict", &chart]);
     assert!(lint.ok, "helm lint failed:\n{}{}", lint.stdout, lint.stderr);
-    let everything = "apiServer.enabled=true,samplePool.enabled=true,aws.endpoint=http://localstack:4566,\
-                      aws.credentials.create=true,aws.credentials.accessKeyId=test,aws.credentials.secretAccessKey=test";
+    // Every option but monitoring.enabled, whose PodMonitors need the Prometheus Operator's CRDs
+    // (tests/chart.rs checks those renders without a cluster).
+    let everything = "apiServer.enabled=true,apiServer.replicas=2,samplePool.enabled=true,\
+                      aws.endpoint=http://localstack:4566,aws.credentials.create=true,\
+                      aws.credentials.accessKeyId=test,aws.credentials.secretAccessKey=test,\
+                      grafanaDashboard.enabled=true,networkPolicy.enabled=true";
     let lint = cmd::run("helm", &["lint", "--strict", &chart, "--set", everything]);
     assert!(
         lint.ok,
