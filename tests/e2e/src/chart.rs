@@ -125,11 +125,10 @@ pub fn labels(value: &Value) -> Labels {
 
 /// Whether a `LabelSelector` (matchLabels and matchExpressions) selects `labels`, as the API
 /// server evaluates it. An empty selector selects everything.
-pub fn selects(selector: &Value, labels: &Labels) -> bool {
-    let match_labels = labels(&selector["matchLabels"]);
-    let by_label = match_labels
+pub fn selects(selector: &Value, of: &Labels) -> bool {
+    let by_label = labels(&selector["matchLabels"])
         .iter()
-        .all(|(k, v)| labels.get(k) == Some(v));
+        .all(|(k, v)| of.get(k) == Some(v));
     let by_expression = selector["matchExpressions"]
         .as_array()
         .into_iter()
@@ -142,7 +141,7 @@ pub fn selects(selector: &Value, labels: &Labels) -> bool {
                 .flatten()
                 .filter_map(Value::as_str)
                 .collect();
-            let value = labels.get(key).map(String::as_str);
+            let value = of.get(key).map(String::as_str);
             match expression["operator"].as_str().expect("expression operator") {
                 "Exists" => value.is_some(),
                 "DoesNotExist" => value.is_none(),
