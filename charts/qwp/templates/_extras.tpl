@@ -1,8 +1,8 @@
 {{/* Helpers of the optional extras: monitoring, NetworkPolicy, PodDisruptionBudgets. */}}
 
-{{/* Replicas of the operator Deployment (operator.replicas, 1 when unset). */}}
+{{/* Replicas of the operator Deployment, as operator-deployment.yaml sets them. */}}
 {{- define "qwp.operatorReplicas" -}}
-{{- dig "replicas" 1 .Values.operator | int -}}
+{{- if .Values.operator.leaderElection }}{{ .Values.operator.replicas | int }}{{ else }}1{{ end -}}
 {{- end -}}
 
 {{/* Namespaces whose pool pods the extras cover: the list given, else operator.watchNamespace,
