@@ -142,7 +142,10 @@ pub fn selects(selector: &Value, of: &Labels) -> bool {
                 .filter_map(Value::as_str)
                 .collect();
             let value = of.get(key).map(String::as_str);
-            match expression["operator"].as_str().expect("expression operator") {
+            match expression["operator"]
+                .as_str()
+                .expect("expression operator")
+            {
                 "Exists" => value.is_some(),
                 "DoesNotExist" => value.is_none(),
                 "In" => value.is_some_and(|v| values.contains(&v)),
@@ -229,7 +232,9 @@ pub fn ingress_allowed(policies: &[&Value], from: &Pod, to: &Pod, port: u16) -> 
             .as_array()
             .into_iter()
             .flatten()
-            .any(|rule| rule_ports_match(rule, to, port) && rule_peers_match(rule, from, &policy_ns))
+            .any(|rule| {
+                rule_ports_match(rule, to, port) && rule_peers_match(rule, from, &policy_ns)
+            })
     })
 }
 

@@ -79,14 +79,14 @@ fn sample_worker_pod(objects: &[Value]) -> (Pod, u16) {
         .clone();
     rendered["metadata"]["namespace"] = json!(POOL_NAMESPACE);
     let pool: QueueWorkerPool = serde_json::from_value(rendered).expect("a valid pool");
-    let admin_port = object(objects, "Deployment", OPERATOR)["spec"]["template"]["spec"]
-        ["containers"][0]["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["name"] == "QWP_WORKER_ADMIN_PORT")
-        .and_then(|e| e["value"].as_str()?.parse::<u16>().ok())
-        .expect("the operator is told the workers' admin port");
+    let admin_port =
+        object(objects, "Deployment", OPERATOR)["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "QWP_WORKER_ADMIN_PORT")
+            .and_then(|e| e["value"].as_str()?.parse::<u16>().ok())
+            .expect("the operator is told the workers' admin port");
     let deployment = build_deployment(&pool, 1, admin_port).expect("pool Deployment");
     let template = serde_json::to_value(deployment.spec.unwrap().template).unwrap();
     (Pod::of_template(POOL_NAMESPACE, &template), admin_port)
@@ -102,9 +102,16 @@ fn chart_lints_with_defaults_and_with_every_extra() {
 fn defaults_render_no_extra_that_needs_a_crd_or_changes_traffic() {
     let objects = render(RELEASE, NAMESPACE, &[]);
     for kind in ["PodMonitor", "ServiceMonitor", "NetworkPolicy", "ConfigMap"] {
-        assert!(of_kind(&objects, kind).is_empty(), "{kind} rendered by default");
+        assert!(
+            of_kind(&objects, kind).is_empty(),
+            "{kind} rendered by default"
+        );
     }
-    assert!(objects.iter().all(|o| o["apiVersion"] != "monitoring.coreos.com/v1"));
+    assert!(
+        objects
+            .iter()
+            .all(|o| o["apiVersion"] != "monitoring.coreos.com/v1")
+    );
     pdbs_follow_replicas(&objects);
 }
 
@@ -270,7 +277,10 @@ fn the_dashboard_config_map_carries_the_dashboard_file_for_the_sidecar() {
     );
     let config_map = object(&elsewhere, "ConfigMap", "r-qwp-dashboard");
     assert_eq!(config_map["metadata"]["namespace"], "monitoring");
-    assert_eq!(config_map["metadata"]["annotations"]["grafana_folder"], "qwp");
+    assert_eq!(
+        config_map["metadata"]["annotations"]["grafana_folder"],
+        "qwp"
+    );
 }
 
 #[test]
@@ -306,7 +316,10 @@ fn network_policies_open_the_public_port_and_admin_ports_only_to_their_callers()
             );
         }
     }
-    assert!(allowed(&operator, &worker, worker_admin), "operator → /status");
+    assert!(
+        allowed(&operator, &worker, worker_admin),
+        "operator → /status"
+    );
     assert!(allowed(&scraper, &worker, worker_admin), "scraper → worker");
     for from in [&client, &api, &neighbour, &Pod::plain(POOL_NAMESPACE, &[])] {
         assert!(!allowed(from, &worker, worker_admin), "{from:?} → worker");
@@ -317,7 +330,11 @@ fn network_policies_open_the_public_port_and_admin_ports_only_to_their_callers()
             .labels
             .iter()
             .map(|(k, v)| {
-                let v = if k == "app.kubernetes.io/instance" { "x" } else { v };
+                let v = if k == "app.kubernetes.io/instance" {
+                    "x"
+                } else {
+                    v
+                };
                 (k.clone(), v.to_string())
             })
             .collect(),
@@ -326,7 +343,11 @@ fn network_policies_open_the_public_port_and_admin_ports_only_to_their_callers()
     assert!(!allowed(&other_operator, &worker, worker_admin));
     // Nothing else on any port.
     for to in [&api, &operator, &worker] {
-        assert!(!allowed(&operator, to, 4566), "unlisted port on {:?}", to.labels);
+        assert!(
+            !allowed(&operator, to, 4566),
+            "unlisted port on {:?}",
+            to.labels
+        );
     }
     assert!(
         policies
@@ -348,8 +369,18 @@ fn network_policies_open_the_public_port_and_admin_ports_only_to_their_callers()
     let policies = of_kind(&restricted, "NetworkPolicy");
     let api = deployment_pod(&restricted, API_SERVER);
     let ingress = Pod::plain("ingress-nginx", &[("app", "controller")]);
-    assert!(ingress_allowed(&policies, &ingress, &api, port(&api, "http")));
-    assert!(!ingress_allowed(&policies, &client, &api, port(&api, "http")));
+    assert!(ingress_allowed(
+        &policies,
+        &ingress,
+        &api,
+        port(&api, "http")
+    ));
+    assert!(!ingress_allowed(
+        &policies,
+        &client,
+        &api,
+        port(&api, "http")
+    ));
     // No watched namespace: the workers' policy goes to the release namespace.
     let worker_policies: Vec<_> = policies
         .iter()

@@ -272,7 +272,10 @@ fn the_promql_reader_rejects_unbalanced_parentheses() {
 fn docs_copy_is_the_charts_file() {
     let docs = std::fs::read(repo().join("docs/grafana/qwp.json")).expect("docs/grafana/qwp.json");
     let chart = std::fs::read(repo().join("charts/qwp/dashboards/qwp.json")).unwrap();
-    assert!(docs == chart, "docs/grafana/qwp.json must link to the chart's file");
+    assert!(
+        docs == chart,
+        "docs/grafana/qwp.json must link to the chart's file"
+    );
 }
 
 #[test]
@@ -293,7 +296,10 @@ fn dashboard_has_what_grafana_needs_to_load_it() {
         "a current schemaVersion (datasource references by uid)"
     );
     assert!(d["time"]["from"].is_string() && d["time"]["to"].is_string());
-    assert!(d["id"].is_null(), "no instance-specific id in a provisioned dashboard");
+    assert!(
+        d["id"].is_null(),
+        "no instance-specific id in a provisioned dashboard"
+    );
 
     let variables = d["templating"]["list"].as_array().expect("templating.list");
     let datasource_vars: Vec<&str> = variables
@@ -323,11 +329,7 @@ fn dashboard_has_what_grafana_needs_to_load_it() {
         assert_eq!(variable["datasource"], datasource, "{variable}");
         let mut used = BTreeSet::new();
         variables_in(variable["definition"].as_str().unwrap(), &mut used);
-        assert!(
-            used.is_subset(&defined),
-            "{used:?} in {}",
-            variable["name"]
-        );
+        assert!(used.is_subset(&defined), "{used:?} in {}", variable["name"]);
     }
 
     let panels = d["panels"].as_array().expect("panels");
@@ -441,7 +443,10 @@ fn every_query_uses_only_series_the_binaries_register() {
             let rated = matches!(around.as_deref(), Some("rate" | "increase" | "irate"));
             match *kind {
                 "counter" | "histogram" => {
-                    assert!(rated, "{metric} is a counter: rate() or increase() it in {expr:?}")
+                    assert!(
+                        rated,
+                        "{metric} is a counter: rate() or increase() it in {expr:?}"
+                    )
                 }
                 _ => assert!(!rated, "{metric} is a gauge: no rate() in {expr:?}"),
             }
@@ -464,7 +469,8 @@ fn every_query_uses_only_series_the_binaries_register() {
     for t in targets(&d) {
         if t.expr.contains("qwp_worker_") || t.expr.contains("qwp_operator_pool_") {
             assert!(
-                t.expr.contains(r#"pool=~"$pool""#) && t.expr.contains(r#"namespace=~"$namespace""#),
+                t.expr.contains(r#"pool=~"$pool""#)
+                    && t.expr.contains(r#"namespace=~"$namespace""#),
                 "{}: {:?} ignores the pool variables",
                 t.panel,
                 t.expr
