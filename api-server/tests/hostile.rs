@@ -517,17 +517,8 @@ async fn results_of(stack: &TestStack, jobs: &[JobId]) -> Vec<JobResult> {
     let mut results = Vec::new();
     for job in jobs {
         loop {
-            let got = stack
-                .clients
-                .s3
-                .get_object()
-                .bucket(&stack.config.s3_out_bucket)
-                .key(job.to_string())
-                .send()
-                .await;
-            if let Ok(object) = got {
-                let bytes = object.body.collect().await.unwrap().into_bytes();
-                results.push(JobResult::from_json_bytes(&bytes).unwrap());
+            if let Some(result) = stack.result(job).await {
+                results.push(result);
                 break;
             }
             assert!(

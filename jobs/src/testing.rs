@@ -206,6 +206,21 @@ impl TestStack {
     pub async fn queue_depth(&self) -> (u64, u64) {
         queue_depth(&self.clients, &self.queue_url).await
     }
+
+    /// The stored result of `job_id`, if there is one yet.
+    pub async fn result(&self, job_id: &crate::JobId) -> Option<crate::JobResult> {
+        let out = self
+            .clients
+            .s3
+            .get_object()
+            .bucket(&self.config.s3_out_bucket)
+            .key(crate::keys::output_key(job_id))
+            .send()
+            .await
+            .ok()?;
+        let bytes = out.body.collect().await.expect("read result").into_bytes();
+        Some(crate::JobResult::from_json_bytes(&bytes).expect("a well-formed result document"))
+    }
 }
 
 pub async fn queue_depth(clients: &AwsClients, url: &str) -> (u64, u64) {

@@ -137,17 +137,7 @@ pub fn new_job(name: &str) -> JobMessage {
 }
 
 pub async fn result_of(stack: &TestStack, job_id: &JobId) -> Option<JobResult> {
-    let out = stack
-        .clients
-        .s3
-        .get_object()
-        .bucket(&stack.config.s3_out_bucket)
-        .key(qwp_jobs::keys::output_key(job_id))
-        .send()
-        .await
-        .ok()?;
-    let bytes = out.body.collect().await.expect("read result").into_bytes();
-    Some(JobResult::from_json_bytes(&bytes).expect("a well-formed result document"))
+    stack.result(job_id).await
 }
 
 pub async fn store_result(stack: &TestStack, result: &JobResult) {
