@@ -6,15 +6,18 @@
 //! checks what the headers say, reserves memory from the `budget` and reads a bounded
 //! upload (`upload`), claims an idempotency key (`idempotency`), stores the input and
 //! queues the job (`store`), then waits for the result (`results`); `status` reads jobs
-//! back. `admin` serves readiness (`readiness`) and `metrics` on their own port. Errors
-//! are `errors::ApiError`.
+//! back, finished ones from memory (`finished`). `admin` serves readiness (`readiness`)
+//! and `metrics` on their own port; `internal` takes workers' completion hints on a
+//! third. Errors are `errors::ApiError`.
 
 pub mod admin;
 pub mod auth;
 pub mod budget;
 pub mod deadline;
 pub mod errors;
+pub mod finished;
 pub mod idempotency;
+pub mod internal;
 pub mod metrics;
 pub mod readiness;
 pub mod results;
@@ -24,8 +27,9 @@ pub mod status;
 pub mod store;
 pub mod submit;
 pub mod upload;
+pub mod wake;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -36,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::budget::UploadBudget;
+use crate::finished::FinishedResults;
 use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -50,6 +55,12 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub store: JobStore,
     pub waiter: Arc<ResultWaiter>,
+    pub finished: Arc<FinishedResults>,
+    /// `host:port` of this replica's internal port, put on every job message so the
+    /// worker's completion hint comes back here. Set by [`serve`] once the port is bound.
+    pub reply_to: Arc<OnceLock<String>>,
+    /// Wake-up hints to the operator on enqueue (`OPERATOR_WAKE_ADDRESS`).
+    pub operator_wake: Option<Arc<wake::OperatorWake>>,
     pub idempotency: Idempotency,
     pub metrics: Arc<Metrics>,
     pub budget: Arc<UploadBudget>,
@@ -65,13 +76,22 @@ impl AppState {
         let clients = store::with_timeouts(clients, settings.store_timeout);
         let store = JobStore::new(settings.config.clone(), clients);
         let metrics = Arc::new(Metrics::default());
+        let finished = Arc::new(FinishedResults::new(
+            settings.result_cache_bytes,
+            metrics.clone(),
+        ));
         let waiter = Arc::new(ResultWaiter::new(
             store.clone(),
             metrics.clone(),
             settings.result_poll_concurrency,
             settings.result_poll_initial,
             settings.result_poll_max,
+            finished.clone(),
         ));
+        let operator_wake = settings
+            .operator_wake_address
+            .clone()
+            .map(|address| Arc::new(wake::OperatorWake::new(address, metrics.clone())));
         AppState {
             idempotency: Idempotency::new(
                 store.clone(),
@@ -88,6 +108,9 @@ impl AppState {
             settings: Arc::new(settings),
             store,
             waiter,
+            finished,
+            reply_to: Arc::new(OnceLock::new()),
+            operator_wake,
             metrics,
             shutdown: CancellationToken::new(),
         }

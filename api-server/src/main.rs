@@ -19,7 +19,8 @@ async fn main() -> ExitCode {
     let listeners = match Listeners::bind(&settings).await {
         Ok(listeners) => listeners,
         Err(err) => {
-            tracing::error!(port = settings.port, admin_port = settings.admin_port, error = %err, "cannot listen");
+            tracing::error!(port = settings.port, admin_port = settings.admin_port,
+                internal_port = settings.internal_port, error = %err, "cannot listen");
             return ExitCode::from(1);
         }
     };
@@ -42,6 +43,7 @@ async fn main() -> ExitCode {
     tracing::info!(
         address = %address(&listeners.public),
         admin_address = %address(&listeners.admin),
+        internal_address = %address(&listeners.internal),
         input_bucket = %settings.config.s3_in_bucket,
         output_bucket = %settings.config.s3_out_bucket,
         max_file_mb = settings.config.max_file_mb,

@@ -63,6 +63,18 @@ pub struct Metrics {
     /// `created`, `replayed`, `conflict`, `in_progress`, `waited`, `recovered`, `expired`.
     pub idempotency: Family<OutcomeLabels, Counter>,
     pub dependency_up: Family<DependencyLabels, Gauge>,
+    /// Completion hints on the internal port: `woke` (a waiter for that job was here),
+    /// `no_waiter`.
+    pub result_hints: Family<OutcomeLabels, Counter>,
+    /// Finished-result cache: reads answered from memory, reads that went to S3,
+    /// entries evicted for room, bytes held.
+    pub result_cache_hits: Counter,
+    pub result_cache_misses: Counter,
+    pub result_cache_evictions: Counter,
+    pub result_cache_bytes: Gauge,
+    /// Wake-up hints to the operator: `sent` (a replica took it), `not_taken`,
+    /// `unresolved`, `debounced`.
+    pub operator_wakes: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -87,6 +99,42 @@ impl Default for Metrics {
         let auth_failures = Counter::default();
         let idempotency = Family::<OutcomeLabels, Counter>::default();
         let dependency_up = Family::<DependencyLabels, Gauge>::default();
+        let result_hints = Family::<OutcomeLabels, Counter>::default();
+        let result_cache_hits = Counter::default();
+        let result_cache_misses = Counter::default();
+        let result_cache_evictions = Counter::default();
+        let result_cache_bytes = Gauge::default();
+        let operator_wakes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "operator_wakes",
+            "Wake-up hints to the operator after a job was queued, by outcome",
+            operator_wakes.clone(),
+        );
+        registry.register(
+            "result_hints",
+            "Completion hints received on the internal port, by outcome",
+            result_hints.clone(),
+        );
+        registry.register(
+            "result_cache_hits",
+            "Result reads answered from the finished-result cache",
+            result_cache_hits.clone(),
+        );
+        registry.register(
+            "result_cache_misses",
+            "Result reads that were not in the finished-result cache",
+            result_cache_misses.clone(),
+        );
+        registry.register(
+            "result_cache_evictions",
+            "Finished results evicted from the cache to stay within RESULT_CACHE_MB",
+            result_cache_evictions.clone(),
+        );
+        registry.register(
+            "result_cache_bytes",
+            "Bytes of finished results held in the cache",
+            result_cache_bytes.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -173,6 +221,12 @@ impl Default for Metrics {
             wait_timeouts,
             result_polls,
             active_pollers,
+            result_hints,
+            result_cache_hits,
+            result_cache_misses,
+            result_cache_evictions,
+            result_cache_bytes,
+            operator_wakes,
         }
     }
 }

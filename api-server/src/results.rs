@@ -9,6 +9,13 @@
 //! A poller stops as soon as the result is there or nobody is listening any more.
 //! There is no shared response queue (seed 001: it mismatches results under load);
 //! every poller reads only its own job's key.
+//!
+//! Completion hints (`qwp_jobs::hint`) cut the wait short: a worker that stored the
+//! result tells the accepting replica on its internal port, and [`ResultWaiter::hint`]
+//! wakes that job's poller for an immediate read instead of its next backoff step. The
+//! hint is never trusted: the poller reads S3 as on any step, so a forged hint costs one
+//! read and a lost one leaves the backoff as it was. Results found are kept in
+//! [`FinishedResults`], so a job finished once is never read from S3 again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,10 +23,11 @@ use std::time::Duration;
 
 use qwp_jobs::{JobId, JobResult};
 use rand::Rng;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::finished::FinishedResults;
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::store::{FetchError, JobStore};
 
 /// What a waiter learns.
@@ -43,7 +51,17 @@ pub struct ResultWaiter {
     poll_permits: Semaphore,
     initial_delay: Duration,
     max_delay: Duration,
-    pollers: Mutex<HashMap<JobId, Arc<watch::Sender<Lookup>>>>,
+    pollers: Mutex<HashMap<JobId, Poller>>,
+    finished: Arc<FinishedResults>,
+}
+
+/// One job's poller as the map holds it: its answer channel and its hint bell.
+#[derive(Clone)]
+struct Poller {
+    sender: Arc<watch::Sender<Lookup>>,
+    /// Rung by a completion hint: the poller reads S3 now instead of finishing its sleep.
+    /// `Notify` keeps one permit, so a hint during a read triggers one more read, not many.
+    hinted: Arc<Notify>,
 }
 
 impl ResultWaiter {
@@ -53,6 +71,7 @@ impl ResultWaiter {
         concurrency: usize,
         initial_delay: Duration,
         max_delay: Duration,
+        finished: Arc<FinishedResults>,
     ) -> Self {
         ResultWaiter {
             store,
@@ -61,7 +80,31 @@ impl ResultWaiter {
             initial_delay,
             max_delay,
             pollers: Mutex::new(HashMap::new()),
+            finished,
         }
+    }
+
+    /// A completion hint for `job_id`: wakes its poller if this replica has one (returns
+    /// whether it did). Nothing else happens: the poller confirms by reading S3.
+    pub fn hint(&self, job_id: &JobId) -> bool {
+        let hinted = self
+            .pollers
+            .lock()
+            .expect("pollers lock")
+            .get(job_id)
+            .map(|p| p.hinted.clone());
+        let outcome = match &hinted {
+            Some(bell) => {
+                bell.notify_one();
+                "woke"
+            }
+            None => "no_waiter",
+        };
+        self.metrics
+            .result_hints
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        hinted.is_some()
     }
 
     /// Waits up to `timeout` for the job's result. Returns `Pending` on timeout or when
@@ -73,6 +116,9 @@ impl ResultWaiter {
         timeout: Duration,
         shutdown: &CancellationToken,
     ) -> Lookup {
+        if let Some(result) = self.finished.get(&job_id) {
+            return Lookup::Ready(result);
+        }
         if timeout.is_zero() {
             return Lookup::Pending;
         }
@@ -100,27 +146,37 @@ impl ResultWaiter {
             .lock()
             .expect("pollers lock")
             .get(job_id)
-            .map_or(0, |sender| sender.receiver_count())
+            .map_or(0, |poller| poller.sender.receiver_count())
     }
 
     fn subscribe(self: &Arc<Self>, job_id: JobId) -> watch::Receiver<Lookup> {
         let mut pollers = self.pollers.lock().expect("pollers lock");
-        if let Some(sender) = pollers.get(&job_id) {
-            return sender.subscribe();
+        if let Some(poller) = pollers.get(&job_id) {
+            return poller.sender.subscribe();
         }
         let (sender, receiver) = watch::channel(Lookup::Pending);
-        let sender = Arc::new(sender);
-        pollers.insert(job_id, sender.clone());
+        let poller = Poller {
+            sender: Arc::new(sender),
+            hinted: Arc::new(Notify::new()),
+        };
+        pollers.insert(job_id, poller.clone());
         self.metrics.active_pollers.inc();
         let waiter = Arc::clone(self);
-        tokio::spawn(async move { waiter.poll(job_id, sender).await });
+        tokio::spawn(async move { waiter.poll(job_id, poller).await });
         receiver
     }
 
-    async fn poll(self: Arc<Self>, job_id: JobId, sender: Arc<watch::Sender<Lookup>>) {
+    async fn poll(self: Arc<Self>, job_id: JobId, poller: Poller) {
+        let Poller { sender, hinted } = poller;
         let mut delay = self.initial_delay;
         loop {
-            tokio::time::sleep(jittered(delay)).await;
+            // A hint ends the sleep early; the backoff goes on as if it had run out, so a
+            // stream of forged hints costs reads only as fast as they come, bounded by
+            // the poll permits like every other read.
+            tokio::select! {
+                () = tokio::time::sleep(jittered(delay)) => {}
+                () = hinted.notified() => {}
+            }
             if self.retire_if_unwatched(&job_id, &sender) {
                 return;
             }
@@ -134,7 +190,11 @@ impl ResultWaiter {
                 self.store.fetch_result(&job_id).await
             };
             let found = match fetched {
-                Ok(Some(result)) => Some(Lookup::Ready(Arc::new(result))),
+                Ok(Some(result)) => {
+                    let result = Arc::new(result);
+                    self.finished.insert(job_id, result.clone());
+                    Some(Lookup::Ready(result))
+                }
                 Ok(None) => None,
                 Err(FetchError::Unreadable { reason, .. }) => {
                     tracing::error!(%job_id, %reason, "result document is malformed");
@@ -163,7 +223,10 @@ impl ResultWaiter {
         if sender.receiver_count() > 0 {
             return false;
         }
-        if pollers.get(job_id).is_some_and(|s| Arc::ptr_eq(s, sender)) {
+        if pollers
+            .get(job_id)
+            .is_some_and(|p| Arc::ptr_eq(&p.sender, sender))
+        {
             pollers.remove(job_id);
             self.metrics.active_pollers.dec();
         }
@@ -172,7 +235,10 @@ impl ResultWaiter {
 
     fn remove(&self, job_id: &JobId, sender: &Arc<watch::Sender<Lookup>>) {
         let mut pollers = self.pollers.lock().expect("pollers lock");
-        if pollers.get(job_id).is_some_and(|s| Arc::ptr_eq(s, sender)) {
+        if pollers
+            .get(job_id)
+            .is_some_and(|p| Arc::ptr_eq(&p.sender, sender))
+        {
             pollers.remove(job_id);
             self.metrics.active_pollers.dec();
         }

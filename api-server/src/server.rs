@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::settings::Settings;
-use crate::{AppState, admin, app};
+use crate::{AppState, admin, app, internal};
 
 /// hyper's per-connection buffer cap (its default is about 400 KiB). Headers must fit.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
@@ -34,14 +34,17 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 pub struct Listeners {
     pub public: TcpListener,
     pub admin: TcpListener,
+    /// Completion hints from workers ([`crate::internal`]).
+    pub internal: TcpListener,
 }
 
 impl Listeners {
-    /// Binds `PORT` and `ADMIN_PORT` on all interfaces (0: any free port).
+    /// Binds `PORT`, `ADMIN_PORT` and `INTERNAL_PORT` on all interfaces (0: any free port).
     pub async fn bind(settings: &Settings) -> io::Result<Self> {
         Ok(Listeners {
             public: TcpListener::bind(("0.0.0.0", settings.port)).await?,
             admin: TcpListener::bind(("0.0.0.0", settings.admin_port)).await?,
+            internal: TcpListener::bind(("0.0.0.0", settings.internal_port)).await?,
         })
     }
 }
@@ -52,14 +55,25 @@ pub async fn serve(
     state: AppState,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    let internal_port = listeners.internal.local_addr()?.port();
+    let reply_to = format!("{}:{internal_port}", state.settings.advertise_host);
+    if state.reply_to.set(reply_to).is_err() {
+        tracing::warn!("serve was called twice on one AppState; keeping the first reply address");
+    }
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(
         axum::serve(listeners.admin, admin::router(state.clone()))
             .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
             .into_future(),
     );
+    let internal = tokio::spawn(
+        axum::serve(listeners.internal, internal::router(state.clone()))
+            .with_graceful_shutdown(admin_stop.clone().cancelled_owned())
+            .into_future(),
+    );
     serve_public(listeners.public, state, signal).await;
     admin_stop.cancel();
+    internal.await.map_err(io::Error::other)??;
     admin.await.map_err(io::Error::other)?
 }
 

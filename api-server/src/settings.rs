@@ -6,6 +6,8 @@
 use std::time::Duration;
 
 use qwp_jobs::config::{Config, ConfigError, Vars};
+use qwp_jobs::hint::{ADVERTISE_HOST_ENV, DEFAULT_INTERNAL_PORT, INTERNAL_PORT_ENV};
+use qwp_pool::contract::OPERATOR_WAKE_ADDRESS_ENV;
 
 use crate::auth::Tokens;
 
@@ -52,6 +54,16 @@ pub struct Settings {
     pub readiness_check_interval: Duration,
     /// `API_TOKENS`: bearer tokens; empty means the API is unauthenticated.
     pub tokens: Tokens,
+    /// `INTERNAL_PORT`: completion hints from workers (0: any free port). Not public.
+    pub internal_port: u16,
+    /// `POD_IP`: the host advertised to workers for hints (the chart sets it from the
+    /// downward API); 127.0.0.1 for local processes.
+    pub advertise_host: String,
+    /// `RESULT_CACHE_MB`: finished results kept in memory (0 turns the cache off).
+    pub result_cache_bytes: u64,
+    /// `OPERATOR_WAKE_ADDRESS`: `host:port` of the operator's admin port for wake-up hints
+    /// on enqueue; unset turns them off.
+    pub operator_wake_address: Option<String>,
 }
 
 impl Settings {
@@ -79,6 +91,15 @@ impl Settings {
         )?;
         let port = vars.parse("PORT", 8000u16)?;
         let admin_port = vars.parse("ADMIN_PORT", 9091u16)?;
+        let internal_port = vars.parse(INTERNAL_PORT_ENV, DEFAULT_INTERNAL_PORT)?;
+        if internal_port != 0 && (internal_port == port || internal_port == admin_port) {
+            return Err(ConfigError {
+                name: INTERNAL_PORT_ENV.into(),
+                value: internal_port.to_string(),
+                reason: "must differ from PORT and ADMIN_PORT".into(),
+            });
+        }
+        let advertise_host = vars.string(ADVERTISE_HOST_ENV, "127.0.0.1");
         if admin_port != 0 && admin_port == port {
             return Err(ConfigError {
                 name: "ADMIN_PORT".into(),
@@ -126,6 +147,10 @@ impl Settings {
                 0..=3_600,
             )?),
             tokens: Tokens::from_vars(vars)?,
+            internal_port,
+            advertise_host,
+            operator_wake_address: vars.optional(OPERATOR_WAKE_ADDRESS_ENV),
+            result_cache_bytes: vars.parse_in("RESULT_CACHE_MB", 64u64, 0..=65_536)? * 1024 * 1024,
             config,
         })
     }
@@ -178,6 +203,18 @@ mod tests {
         assert_eq!(s.idempotency_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(s.idempotency_claim_timeout, Duration::from_secs(60));
         assert!(s.tokens.is_empty());
+        assert_eq!(s.internal_port, 9092);
+        assert_eq!(s.advertise_host, "127.0.0.1");
+        assert_eq!(s.result_cache_bytes, 64 * 1024 * 1024);
+        let s = settings(&[("POD_IP", "10.1.2.3"), ("INTERNAL_PORT", "7000")]).unwrap();
+        assert_eq!(
+            (s.advertise_host.as_str(), s.internal_port),
+            ("10.1.2.3", 7000)
+        );
+        assert_eq!(
+            settings(&[("INTERNAL_PORT", "9091")]).unwrap_err().name,
+            "INTERNAL_PORT"
+        );
     }
 
     #[test]

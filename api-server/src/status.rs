@@ -79,9 +79,17 @@ async fn job_status(
     respond(&state, job_id, deadline.cap(wait), poll_base).await
 }
 
+/// The finished result from memory, else one S3 read (kept in memory if there is one).
 async fn result_response(state: &AppState, job_id: &JobId) -> Result<Option<Response>, ApiError> {
+    if let Some(result) = state.finished.get(job_id) {
+        return Ok(Some((StatusCode::OK, Json(&*result)).into_response()));
+    }
     match state.store.fetch_result(job_id).await {
-        Ok(Some(result)) => Ok(Some((StatusCode::OK, Json(result)).into_response())),
+        Ok(Some(result)) => {
+            let result = std::sync::Arc::new(result);
+            state.finished.insert(*job_id, result.clone());
+            Ok(Some((StatusCode::OK, Json(&*result)).into_response()))
+        }
         Ok(None) => Ok(None),
         Err(FetchError::Unreadable { reason, .. }) => {
             tracing::error!(%job_id, %reason, "result document is malformed");

@@ -4,8 +4,10 @@
 
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::MessageAttributeValue;
 use bytes::Bytes;
 use qwp_jobs::aws::AwsClients;
+use qwp_jobs::hint::REPLY_TO_ATTRIBUTE;
 use qwp_jobs::{Config, JobId, JobMessage, JobResult, keys};
 use qwp_runtime::aws_error::is_not_found;
 use std::collections::{HashSet, VecDeque};
@@ -89,6 +91,14 @@ impl JobStore {
         &self.config.s3_in_bucket
     }
 
+    /// The request queue's URL when configured, else its name (for the operator's wake-up).
+    pub fn queue_name(&self) -> &str {
+        self.config
+            .sqs_queue_url
+            .as_deref()
+            .unwrap_or(&self.config.sqs_req_queue_name)
+    }
+
     pub fn output_bucket(&self) -> &str {
         &self.config.s3_out_bucket
     }
@@ -141,14 +151,29 @@ impl JobStore {
             .map(String::as_str)
     }
 
-    pub async fn send_message(&self, message: &JobMessage) -> Result<(), StoreError> {
+    /// Queues the job; `reply_to` (this replica's internal address) rides along as
+    /// [`REPLY_TO_ATTRIBUTE`] for the worker's completion hint.
+    pub async fn send_message(
+        &self,
+        message: &JobMessage,
+        reply_to: Option<&str>,
+    ) -> Result<(), StoreError> {
         let url = self.queue_url().await?;
-        self.clients
+        let mut send = self
+            .clients
             .sqs
             .send_message()
             .queue_url(url)
-            .message_body(message.encode())
-            .send()
+            .message_body(message.encode());
+        if let Some(reply_to) = reply_to {
+            let attribute = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(reply_to)
+                .build()
+                .map_err(|e| StoreError(format!("message attribute: {e}")))?;
+            send = send.message_attributes(REPLY_TO_ATTRIBUTE, attribute);
+        }
+        send.send()
             .await
             .map_err(|e| StoreError(format!("SendMessage: {}", DisplayErrorContext(e))))?;
         Ok(())

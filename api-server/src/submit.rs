@@ -221,7 +221,8 @@ async fn store_and_queue(
         tracing::error!(%job_id, error = %err, "storing the input failed; job not accepted");
         return Err(ApiError::StorageUnavailable);
     }
-    if let Err(err) = state.store.send_message(message).await {
+    let reply_to = state.reply_to.get().map(String::as_str);
+    if let Err(err) = state.store.send_message(message, reply_to).await {
         tracing::error!(%job_id, error = %err, "queueing the job failed; removing its input");
         if let Err(err) = state.store.delete_input(message).await {
             tracing::error!(%job_id, error = %err, "could not remove the input of an unqueued job");
@@ -229,6 +230,9 @@ async fn store_and_queue(
         return Err(ApiError::QueueUnavailable);
     }
     state.metrics.jobs_accepted.inc();
+    if let Some(wake) = &state.operator_wake {
+        wake.job_queued(state.store.queue_name());
+    }
     tracing::info!(%job_id, filename = %message.filename, bytes = size, "job accepted");
     Ok(())
 }

@@ -45,7 +45,11 @@ impl Server {
         let addr: SocketAddr = public.local_addr().unwrap();
         let admin_addr: SocketAddr = admin.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = Listeners { public, admin };
+        let listeners = Listeners {
+            public,
+            admin,
+            internal: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
         let task = tokio::spawn(serve(listeners, state.clone(), async move {
             let _ = stopped.await;
         }));

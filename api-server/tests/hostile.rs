@@ -195,7 +195,11 @@ impl InProcess {
         let admin_base = format!("http://{}", admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(
-            Listeners { public, admin },
+            Listeners {
+                public,
+                admin,
+                internal: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            },
             state.clone(),
             async move {
                 let _ = stopped.await;

@@ -8,6 +8,7 @@
 pub mod aws;
 pub mod config;
 pub mod filename;
+pub mod hint;
 pub mod id;
 pub mod keys;
 pub mod message;

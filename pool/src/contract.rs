@@ -4,6 +4,7 @@
 //! - the environment the operator sets in every worker container: built by
 //!   [`container_env`] (the operator) and read by [`QueueEnv::from_vars`] and
 //!   [`WorkerEnv::from_vars`] (the worker; the API server reads [`QueueEnv`] too);
+//! - the API server's wake-up hint to the operator, [`WAKE_PATH`] (see there);
 //! - the worker's `GET` [`STATUS_PATH`] document, [`WorkerStatus`], which the operator reads to
 //!   give busy pods a higher deletion cost;
 //! - the defaults: [`DEFAULT_ADMIN_PORT`], [`DEFAULT_DRAIN_SECONDS`] and the
@@ -62,6 +63,28 @@ pub const MAX_DRAIN_SECONDS: u32 = 3600;
 pub const RELEASE_MARGIN_SECONDS: u32 = 5;
 /// Where the worker serves its [`WorkerStatus`] on the admin port.
 pub const STATUS_PATH: &str = "/status";
+
+/// The API server's wake-up hint to the operator: `POST` [`WAKE_PATH`]`?queue=NAME` on the
+/// operator's admin port. The operator reconciles, at once, the pools whose queue has that
+/// name (the last segment of a queue URL, or `queue.name`); it never scales on the hint
+/// itself, the reconcile reads the queue as always. Answers: 202 taken by the leader, 503
+/// from a standby replica (leader election: only the leader reconciles).
+pub const WAKE_PATH: &str = "/internal/v1/wake";
+/// The query parameter of [`WAKE_PATH`].
+pub const WAKE_QUEUE_PARAM: &str = "queue";
+/// The API server's setting: `host:port` of the operator's admin port (the chart's headless
+/// Service, so every replica's address resolves and the hint reaches the leader); unset
+/// turns the wake-up off.
+pub const OPERATOR_WAKE_ADDRESS_ENV: &str = "OPERATOR_WAKE_ADDRESS";
+
+/// The name a queue URL ends with (`https://sqs…/123/jobs` → `jobs`), or the name itself.
+pub fn queue_name_of(url_or_name: &str) -> &str {
+    url_or_name
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(url_or_name)
+}
 
 /// The pod's `terminationGracePeriodSeconds` for a worker that drains `drain_seconds`.
 pub fn termination_grace_seconds(drain_seconds: u32) -> i64 {
@@ -243,6 +266,19 @@ mod tests {
     use super::*;
     use crate::crd::CredentialsSecretRef;
     use serde_json::json;
+
+    #[test]
+    fn a_queue_is_named_by_the_last_segment_of_its_url() {
+        assert_eq!(
+            queue_name_of("http://localstack:4566/000000000000/jobs"),
+            "jobs"
+        );
+        assert_eq!(
+            queue_name_of("https://sqs.eu-west-1.amazonaws.com/1/jobs/"),
+            "jobs"
+        );
+        assert_eq!(queue_name_of("jobs"), "jobs");
+    }
 
     fn spec(template_spec: serde_json::Value) -> QueueWorkerPoolSpec {
         serde_json::from_value(json!({

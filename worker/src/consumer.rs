@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::face::FaceRecognizer;
+use crate::hint::ResultHints;
 use crate::job::{self, JobContext, JobObserver, NoObserver};
 use crate::metrics::{Metrics, Outcome};
 use crate::processor::Processor;
@@ -138,6 +139,7 @@ impl Worker {
             storage: self.storage,
             processor,
             settings: self.settings,
+            hints: ResultHints::new(self.metrics.clone()),
             metrics: self.metrics,
             observer: self.observer,
         });

@@ -14,6 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::hint::ResultHints;
 use crate::metrics::{Metrics, Outcome};
 use crate::processor::{ProcessError, Processor};
 use crate::queue::{BatchDeleter, CachedRedrivePolicy, Queue, Received, RedrivePolicy};
@@ -44,6 +45,7 @@ pub(crate) struct JobContext {
     pub metrics: Arc<Metrics>,
     pub observer: Arc<dyn JobObserver>,
     pub redrive: CachedRedrivePolicy,
+    pub hints: ResultHints,
 }
 
 impl JobContext {
@@ -141,16 +143,19 @@ async fn settle(ctx: &JobContext, msg: &Received, job: &JobMessage) -> Outcome {
             info!("another attempt stored a result first; keeping it and acknowledging");
             Outcome::AlreadyDone
         }
-        Ok(Settled::Stored(result)) => match &result.outcome {
-            qwp_jobs::result::Outcome::Done { .. } => {
-                info!(elapsed_ms, "job done");
-                Outcome::Done
+        Ok(Settled::Stored(result)) => {
+            ctx.hints.result_stored(msg, job.job_id);
+            match &result.outcome {
+                qwp_jobs::result::Outcome::Done { .. } => {
+                    info!(elapsed_ms, "job done");
+                    Outcome::Done
+                }
+                qwp_jobs::result::Outcome::Failed { error } => {
+                    warn!(elapsed_ms, %error, "job failed; failed result stored");
+                    Outcome::Failed
+                }
             }
-            qwp_jobs::result::Outcome::Failed { error } => {
-                warn!(elapsed_ms, %error, "job failed; failed result stored");
-                Outcome::Failed
-            }
-        },
+        }
         Err(AttemptError::Lost) => {
             warn!(
                 elapsed_ms,
@@ -205,7 +210,11 @@ async fn give_up(
         job.job_id,
         format!("gave up after {attempts} attempts: {reason}"),
     );
-    match ctx.storage.store_result(&failed).await {
+    let write = ctx.storage.store_result(&failed).await;
+    if let Ok(ResultWrite::Stored) = write {
+        ctx.hints.result_stored(msg, job.job_id);
+    }
+    match write {
         Ok(ResultWrite::Stored) if limit.dead_letter => {
             warn!(%reason, attempts, "no attempt left; failed result stored, the message goes to the DLQ");
             // Visible again at once: its next receive exceeds maxReceiveCount, so SQS moves

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod face;
+pub mod hint;
 pub mod job;
 pub mod metrics;
 pub mod processor;

@@ -51,6 +51,7 @@ struct OutcomeLabels {
 pub struct Metrics {
     registry: Registry,
     jobs: Family<OutcomeLabels, Counter>,
+    result_hints: Family<OutcomeLabels, Counter>,
     in_flight: Gauge,
     concurrency: Gauge,
     draining_gauge: Gauge,
@@ -72,6 +73,13 @@ impl Metrics {
             "jobs",
             "Messages handled, by outcome (done, failed, already_done, retried, poison, released, abandoned)",
             jobs.clone(),
+        );
+        let result_hints = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "result_hints",
+            "Completion hints to the accepting API server, by outcome (sent, refused, failed, \
+             no_address, bad_address)",
+            result_hints.clone(),
         );
         let in_flight = Gauge::default();
         registry.register(
@@ -138,6 +146,7 @@ impl Metrics {
         Metrics {
             registry,
             jobs,
+            result_hints,
             in_flight,
             concurrency: concurrency_gauge,
             draining_gauge,
@@ -150,6 +159,19 @@ impl Metrics {
             draining: AtomicBool::new(false),
             ready: AtomicBool::new(false),
         }
+    }
+
+    pub fn result_hint(&self, outcome: &'static str) {
+        self.result_hints
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Completion hints so far with this outcome (for tests).
+    pub fn result_hints(&self, outcome: &'static str) -> u64 {
+        self.result_hints
+            .get_or_create(&OutcomeLabels { outcome })
+            .get()
     }
 
     pub fn job(&self, outcome: Outcome) {

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 
+use qwp_jobs::hint::REPLY_TO_ATTRIBUTE;
 use qwp_runtime::aws_error::{ErrorClass, classify, code, describe};
 
 /// SQS returns at most 10 messages per receive.
@@ -32,6 +33,9 @@ pub struct Received {
     /// When the receive answered: the message is hidden for one visibility timeout from
     /// about then.
     pub received_at: Instant,
+    /// The accepting API server's internal address ([`REPLY_TO_ATTRIBUTE`]), for the
+    /// completion hint; absent for other producers.
+    pub reply_to: Option<String>,
 }
 
 #[derive(Clone, Debug, thiserror::Error)]
@@ -188,6 +192,7 @@ impl Queue {
             .wait_time_seconds(self.wait_time.as_secs() as i32)
             .visibility_timeout(self.visibility.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(REPLY_TO_ATTRIBUTE)
             .send()
             .await?;
         let received_at = Instant::now();
@@ -202,6 +207,11 @@ impl Queue {
                     .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1);
+                let reply_to = m
+                    .message_attributes
+                    .as_ref()
+                    .and_then(|a| a.get(REPLY_TO_ATTRIBUTE))
+                    .and_then(|v| v.string_value.clone());
                 Some(Received {
                     message_id: m.message_id.unwrap_or_default(),
                     // Without a receipt handle a message cannot be settled; SQS always sends one.
@@ -209,6 +219,7 @@ impl Queue {
                     body: m.body,
                     receive_count,
                     received_at,
+                    reply_to,
                 })
             })
             .collect())

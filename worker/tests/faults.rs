@@ -430,9 +430,14 @@ async fn when_retries_run_out_the_api_server_answers_failed() {
     );
     let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_url = format!("http://{}", public.local_addr().unwrap());
     tokio::spawn(qwp_api_server::serve(
-        qwp_api_server::Listeners { public, admin },
+        qwp_api_server::Listeners {
+            public,
+            admin,
+            internal,
+        },
         api,
         std::future::pending(),
     ));

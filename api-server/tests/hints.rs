@@ -1,0 +1,373 @@
+//! Completion hints and the finished-result cache, against the real LocalStack and the
+//! real worker: a hint wakes the waiter (with polling slowed past the wait, only the hint
+//! can answer in time), a lost hint leaves the poll to find the result, forged hints never
+//! produce a wrong result, and a cached result is served without S3.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use qwp_api_server::settings::Settings;
+use qwp_api_server::{AppState, Listeners, serve};
+use qwp_jobs::hint::result_hint_url;
+use qwp_jobs::testing::{TestStack, TestStackOptions};
+use qwp_jobs::{JobId, JobResult, keys};
+use qwp_worker::settings::ProcessorSettings;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Slower than any wait in these tests: only a hint can answer a waiter in time.
+const NEVER: Duration = Duration::from_secs(60);
+
+struct Server {
+    base: String,
+    internal: SocketAddr,
+    state: AppState,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// `reply_to`: an address to advertise instead of the internal port (a lost hint).
+    async fn start(
+        stack: &TestStack,
+        tweak: impl FnOnce(&mut Settings),
+        reply_to: Option<String>,
+    ) -> Server {
+        let mut settings = Settings::with_config(stack.config.clone());
+        tweak(&mut settings);
+        let state = AppState::new(settings, stack.clients.clone());
+        if let Some(reply_to) = reply_to {
+            state.reply_to.set(reply_to).unwrap();
+        }
+        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", public.local_addr().unwrap());
+        let internal_addr = internal.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listeners = Listeners {
+            public,
+            admin,
+            internal,
+        };
+        let task = tokio::spawn(serve(listeners, state.clone(), async move {
+            let _ = stopped.await;
+        }));
+        Server {
+            base,
+            internal: internal_addr,
+            state,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn submit(&self, data: &[u8], wait: u64) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .post(format!("{}/jobs?filename=a.bin&wait={wait}", self.base))
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn status(&self, job_id: &str, wait: u64) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(format!("{}/jobs/{job_id}?wait={wait}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json().await.unwrap())
+    }
+
+    async fn hint(&self, job_id: &JobId) -> StatusCode {
+        self.client
+            .post(result_hint_url(&self.internal.to_string(), job_id))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    fn hints(&self, outcome: &str) -> u64 {
+        metric(
+            &self.state,
+            &format!("qwp_api_result_hints_total{{outcome=\"{outcome}\"}}"),
+        )
+    }
+
+    fn polls(&self) -> u64 {
+        metric(&self.state, "qwp_api_result_polls_total")
+    }
+
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// One sample of the server's own Prometheus text (0 while the series does not exist).
+fn metric(state: &AppState, series: &str) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, state.metrics.as_ref().as_ref()).unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        })
+        .unwrap_or(0)
+}
+
+fn start_worker(stack: &TestStack) -> (CancellationToken, Arc<qwp_worker::metrics::Metrics>) {
+    let settings = qwp_worker::Settings {
+        concurrency: 2,
+        drain: Duration::from_secs(1),
+        ..Default::default()
+    };
+    start_worker_with(stack, settings)
+}
+
+fn start_worker_with(
+    stack: &TestStack,
+    settings: qwp_worker::Settings,
+) -> (CancellationToken, Arc<qwp_worker::metrics::Metrics>) {
+    let worker = qwp_worker::Worker::new(
+        &stack.config,
+        settings,
+        &stack.clients,
+        stack.queue_url.clone(),
+    )
+    .expect("worker settings are valid");
+    let metrics = worker.metrics();
+    let token = CancellationToken::new();
+    tokio::spawn(worker.run(token.clone()));
+    (token, metrics)
+}
+
+fn checksum_of(data: &[u8]) -> Value {
+    json!({ "bytes": data.len(), "sha256": format!("{:x}", Sha256::digest(data)) })
+}
+
+async fn stack(prefix: &str) -> TestStack {
+    TestStack::new(prefix, TestStackOptions::default()).await
+}
+
+fn slow_polls(settings: &mut Settings) {
+    settings.result_poll_initial = NEVER;
+    settings.result_poll_max = NEVER;
+}
+
+#[tokio::test]
+async fn the_workers_hint_answers_a_waiter_that_would_not_poll_in_time() {
+    let stack = stack("hint-wake").await;
+    let server = Server::start(&stack, slow_polls, None).await;
+    let (worker, worker_metrics) = start_worker(&stack);
+    let data = b"pushed, not polled";
+    let (status, body) = server.submit(data, 20).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["result"], checksum_of(data));
+    assert_eq!(server.hints("woke"), 1);
+    // The first and only S3 read of the waiter was the one the hint triggered.
+    assert_eq!(server.polls(), 1);
+    assert_eq!(worker_metrics.result_hints("sent"), 1);
+    worker.cancel();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_failed_result_of_the_last_attempt_is_hinted_too() {
+    let stack = stack("hint-failed").await;
+    let server = Server::start(&stack, slow_polls, None).await;
+    // A program that cannot start is a transient failure; with one attempt allowed, the
+    // worker stores a `failed` result at once.
+    let settings = qwp_worker::Settings {
+        concurrency: 1,
+        drain: Duration::from_secs(1),
+        max_attempts: 1,
+        processor: ProcessorSettings::Command {
+            argv: vec!["/nonexistent/qwp-no-such-program".into()],
+            timeout: Duration::from_secs(5),
+            env: Vec::new(),
+        },
+        ..Default::default()
+    };
+    let (worker, worker_metrics) = start_worker_with(&stack, settings);
+    let (status, body) = server.submit(b"never runs", 20).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "failed", "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("gave up after 1 attempts: "), "{error}");
+    // Slow polls: only the hint could have woken the waiter for its one read.
+    assert_eq!(server.hints("woke"), 1);
+    assert_eq!(server.polls(), 1);
+    assert_eq!(worker_metrics.result_hints("sent"), 1);
+    worker.cancel();
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lost_hint_leaves_the_result_to_polling() {
+    let stack = stack("hint-lost").await;
+    // Advertise a port that is held but never accepts: the worker's hint times out.
+    let black_hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lost = black_hole.local_addr().unwrap().to_string();
+    let server = Server::start(&stack, |_| {}, Some(lost)).await;
+    let (worker, worker_metrics) = start_worker(&stack);
+    let data = b"found by polling";
+    let (status, body) = server.submit(data, 20).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["result"], checksum_of(data));
+    assert_eq!(server.hints("woke") + server.hints("no_waiter"), 0);
+    assert!(server.polls() >= 1);
+    // The hint's own fate: it ends in a timeout (500 ms), never delivered.
+    for _ in 0..100 {
+        if worker_metrics.result_hints("failed") == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(worker_metrics.result_hints("failed"), 1);
+    assert_eq!(worker_metrics.result_hints("sent"), 0);
+    drop(black_hole);
+    worker.cancel();
+    server.shutdown().await;
+}
+
+/// Stores `job_id`'s result as a worker would, so a job "finishes" without one.
+async fn store_result(stack: &TestStack, result: &JobResult) {
+    stack
+        .clients
+        .s3
+        .put_object()
+        .bucket(&stack.config.s3_out_bucket)
+        .key(keys::output_key(&result.job_id))
+        .body(serde_json::to_vec(result).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn forged_hints_cost_a_read_and_never_give_a_wrong_result() {
+    let stack = stack("hint-forged").await;
+    let server = Server::start(&stack, slow_polls, None).await;
+    // No worker: the submitted job stays pending.
+    let (status, body) = server.submit(b"never processed", 0).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let pending: JobId = body["job_id"].as_str().unwrap().parse().unwrap();
+    // Another job that has a result.
+    let other = JobId::new();
+    store_result(&stack, &JobResult::done(other, json!("not yours"))).await;
+
+    let waiting = {
+        let client = server.client.clone();
+        let url = format!("{}/jobs/{pending}?wait=3", server.base);
+        tokio::spawn(async move {
+            let response = client.get(url).send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        })
+    };
+    for _ in 0..200 {
+        if server.state.waiter.waiters(&pending) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.state.waiter.waiters(&pending), 1);
+    let polls_before = server.polls();
+    // A hint naming the other (finished) job wakes nobody here.
+    assert_eq!(server.hint(&other).await, StatusCode::NO_CONTENT);
+    assert_eq!(server.hints("no_waiter"), 1);
+    // A hint for the pending job wakes its waiter for exactly one read, which finds nothing.
+    assert_eq!(server.hint(&pending).await, StatusCode::NO_CONTENT);
+    assert_eq!(server.hints("woke"), 1);
+    for _ in 0..200 {
+        if server.polls() > polls_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(server.polls(), polls_before + 1);
+    let (status, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["job_id"], pending.to_string());
+    assert_eq!(server.polls(), polls_before + 1);
+    // Garbage on the hint route is refused; it is not a job id.
+    let garbage = server
+        .client
+        .post(format!(
+            "http://{}/internal/v1/results/not-a-job",
+            server.internal
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_finished_result_is_served_from_memory_without_s3() {
+    let stack = stack("result-cache").await;
+    let server = Server::start(&stack, |_| {}, None).await;
+    let (worker, _) = start_worker(&stack);
+    let data = b"cache me";
+    let (status, body) = server.submit(data, 20).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let job_id = body["job_id"].as_str().unwrap().to_string();
+    worker.cancel();
+    // Remove the result from S3: only memory can answer now.
+    stack
+        .clients
+        .s3
+        .delete_object()
+        .bucket(&stack.config.s3_out_bucket)
+        .key(&job_id)
+        .send()
+        .await
+        .unwrap();
+    let polls = server.polls();
+    for _ in 0..3 {
+        let (status, body) = server.status(&job_id, 0).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["result"], checksum_of(data));
+    }
+    assert!(metric(&server.state, "qwp_api_result_cache_hits_total") >= 3);
+    assert_eq!(server.polls(), polls);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_cache_off_every_status_read_goes_to_s3() {
+    let stack = stack("result-nocache").await;
+    let server = Server::start(&stack, |s| s.result_cache_bytes = 0, None).await;
+    let job_id = JobId::new();
+    store_result(&stack, &JobResult::done(job_id, json!("from s3"))).await;
+    let (status, _) = server.status(&job_id.to_string(), 0).await;
+    assert_eq!(status, StatusCode::OK);
+    stack
+        .clients
+        .s3
+        .delete_object()
+        .bucket(&stack.config.s3_out_bucket)
+        .key(job_id.to_string())
+        .send()
+        .await
+        .unwrap();
+    // Gone from S3 and not remembered: the job is unknown (its input never existed).
+    let (status, body) = server.status(&job_id.to_string(), 0).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    server.shutdown().await;
+}
