@@ -76,6 +76,10 @@ impl AppState {
         let clients = store::with_timeouts(clients, settings.store_timeout);
         let store = JobStore::new(settings.config.clone(), clients);
         let metrics = Arc::new(Metrics::default());
+        let operator_wake = settings
+            .operator_wake_address
+            .clone()
+            .map(|address| Arc::new(wake::OperatorWake::new(address, metrics.clone())));
         let finished = Arc::new(FinishedResults::new(
             settings.result_cache_bytes,
             metrics.clone(),

@@ -120,7 +120,8 @@ impl Server {
 /// One sample of the server's own Prometheus text (0 while the series does not exist).
 fn metric(state: &AppState, series: &str) -> u64 {
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, state.metrics.as_ref().as_ref()).unwrap();
+    let registry: &prometheus_client::registry::Registry = (*state.metrics).as_ref();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
