@@ -53,7 +53,7 @@ drop_stack() {
     STACK_UP=""
 }
 start_server() {
-    PORT="$PORT" ADMIN_PORT="$ADMIN_PORT" RUST_LOG=warn "$SERVER_BIN" >>"$WORK/server.log" 2>&1 &
+    PORT="$PORT" ADMIN_PORT="$ADMIN_PORT" INTERNAL_PORT=0 RUST_LOG=warn "$SERVER_BIN" >>"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do curl -fsS "$BASE/health" >/dev/null 2>&1 && break; sleep 0.1; done
     curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null || { echo "server not ready" >&2; cat "$WORK/server.log" >&2; exit 1; }

@@ -56,7 +56,7 @@ drop_stack() {
 }
 start_server() {
     # shellcheck disable=SC2086 # SERVER_ENV is a list of NAME=VALUE words
-    env PORT="$PORT" ADMIN_PORT="$ADMIN_PORT" RUST_LOG=warn $SERVER_ENV "$1" >>"$WORK/server.log" 2>&1 &
+    env PORT="$PORT" ADMIN_PORT="$ADMIN_PORT" INTERNAL_PORT=0 RUST_LOG=warn $SERVER_ENV "$1" >>"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do curl -fsS "$BASE/health" >/dev/null 2>&1 && return 0; sleep 0.1; done
     echo "server did not start" >&2; cat "$WORK/server.log" >&2; exit 1

@@ -918,6 +918,7 @@ async fn sigterm_finishes_requests_in_flight_then_exits() {
         // no port is picked for it that another process could take first.
         .env("PORT", "0")
         .env("ADMIN_PORT", "0")
+        .env("INTERNAL_PORT", "0")
         .env("LOG_FORMAT", "json")
         .env(
             "AWS_ENDPOINT_URL",

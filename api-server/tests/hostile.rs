@@ -268,6 +268,7 @@ impl ServerProcess {
         command
             .env("PORT", "0")
             .env("ADMIN_PORT", "0")
+            .env("INTERNAL_PORT", "0")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("AWS_ENDPOINT_URL", endpoint)
