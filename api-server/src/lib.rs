@@ -92,10 +92,6 @@ impl AppState {
             settings.result_poll_max,
             finished.clone(),
         ));
-        let operator_wake = settings
-            .operator_wake_address
-            .clone()
-            .map(|address| Arc::new(wake::OperatorWake::new(address, metrics.clone())));
         AppState {
             idempotency: Idempotency::new(
                 store.clone(),
