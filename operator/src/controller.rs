@@ -18,6 +18,7 @@ use qwp_pool::crd::{POOL_LABEL, QueueWorkerPool};
 use tracing::warn;
 
 use crate::Error;
+use crate::wake::WakeReceiver;
 use crate::reconcile::validate::is_controlled_by;
 use crate::reconcile::{Context, reconcile};
 
@@ -66,9 +67,12 @@ pub fn pool_blocked_by(
 
 /// Runs the controller until `shutdown` resolves, then lets running reconciles finish.
 /// `namespace` limits it to one namespace; `None` watches all.
+/// `wakes` are the API server's wake-up hints ([`crate::wake`]): each reconciles the pools
+/// reading that queue at once (subject to the same debounce as watch events).
 pub async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
+    wakes: WakeReceiver,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
@@ -112,6 +116,7 @@ pub async fn run(
         // same pool (e.g. two operators during an upgrade) from reconciling in a hot loop.
         .with_config(controller::Config::default().debounce(WATCH_DEBOUNCE))
         .reconcile_all_on(took_over)
+        .reconcile_on(wakes.into_reconciles(store.clone(), ctx.clone()))
         .graceful_shutdown_on(shutdown);
     let janitor_ctx = ctx.clone();
     let janitor = tokio::spawn(async move {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod queue;
 pub mod reconcile;
 pub mod status;
+pub mod wake;
 
 #[cfg(test)]
 mod fixtures;

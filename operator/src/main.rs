@@ -35,7 +35,7 @@ use qwp_operator::deletion_cost::HttpInFlightProbe;
 use qwp_operator::leader::{self, DEFAULT_LEASE_NAME, Leadership, LeaseSettings};
 use qwp_operator::metrics::Metrics;
 use qwp_operator::queue::SqsQueueDepth;
-use qwp_operator::{Context, controller};
+use qwp_operator::{Context, controller, wake};
 use qwp_pool::contract::DEFAULT_ADMIN_PORT;
 use qwp_pool::crd::{QueueWorkerPool, crd_yaml};
 use qwp_runtime::signals;
@@ -179,17 +179,23 @@ async fn run() -> Result<(), String> {
         lease: lease.clone(),
         leadership: leadership.clone(),
     };
+    let (wake_sender, wakes) = wake::channel();
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/status", get(status))
         .merge(qwp_runtime::metrics::router(metrics.clone()))
-        .with_state(admin);
+        .with_state(admin)
+        // Only the leader reconciles, so only the leader takes a wake-up; a standby says 503.
+        .merge(wake::router(wake_sender, metrics.clone(), {
+            let leadership = leadership.clone();
+            Arc::new(move || leadership.is_leader())
+        }));
     let addr = SocketAddr::from(([0, 0, 0, 0], settings.admin_port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on admin port {addr}: {e}"))?;
-    info!(%addr, "admin server listening (/healthz, /readyz, /metrics, /status)");
+    info!(%addr, "admin server listening (/healthz, /readyz, /metrics, /status, wake-ups)");
     let admin_stop = stop.clone().cancelled_owned();
     let admin_server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -218,7 +224,7 @@ async fn run() -> Result<(), String> {
     };
     ready.store(true, Ordering::SeqCst);
     info!(namespace = ?settings.watch_namespace, identity = %settings.identity, lease = ?lease, "controller started");
-    controller::run(ctx, settings.watch_namespace, shutdown).await;
+    controller::run(ctx, settings.watch_namespace, wakes, shutdown).await;
     ready.store(false, Ordering::SeqCst);
     // Only once no reconcile runs: a standby may start at once.
     if let Some(elector) = elector {

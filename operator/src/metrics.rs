@@ -32,6 +32,9 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub queue_reads: Family<ResultLabels, Counter>,
     pub sqs_requests: Counter,
+    /// Wake-up hints from the API server turned into reconciles (`reconcile`), or for a
+    /// queue no pool reads (`no_pool`); `standby` and `dropped` never reach a reconcile.
+    pub wakes: Family<ResultLabels, Counter>,
     pub scale_events: Family<PoolLabels, Counter>,
     pub backlog: Family<PoolLabels, Gauge>,
     pub desired_replicas: Family<PoolLabels, Gauge>,
@@ -68,6 +71,12 @@ impl Default for Metrics {
             "SQS API calls made (GetQueueAttributes, GetQueueUrl)",
             sqs_requests.clone(),
         );
+        let wakes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "wakes",
+            "Wake-up hints from the API server, by result (reconcile, no_pool, standby, dropped)",
+            wakes.clone(),
+        );
         let scale_events = Family::<PoolLabels, Counter>::default();
         registry.register(
             "scale_events",
@@ -100,6 +109,7 @@ impl Default for Metrics {
             reconcile_duration,
             queue_reads,
             sqs_requests,
+            wakes,
             scale_events,
             backlog,
             desired_replicas,
@@ -116,6 +126,14 @@ impl Metrics {
         self.reconcile_errors
             .get_or_create(&ErrorLabels {
                 error: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn count_wake(&self, result: &str) {
+        self.wakes
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
             })
             .inc();
     }

@@ -122,6 +122,8 @@ pub(crate) struct PoolMemory {
     /// When the Deployment was last applied (or the pool first seen): an up-to-date one is
     /// applied again once [`Context::resync`] has passed, undoing hand edits of its template.
     pub synced_at: Instant,
+    /// A wake-up hint arrived since the last read: the next reconcile reads the queue.
+    pub woken: bool,
 }
 
 impl Context {
@@ -201,8 +203,17 @@ impl Context {
             history: History::starting_at(now, current),
             last_read: None,
             synced_at: now,
+            woken: false,
         });
         f(memory)
+    }
+
+    /// A wake-up hint for this pool: its next reconcile reads the queue afresh.
+    pub fn mark_woken(&self, key: &ObjectRef<QueueWorkerPool>) {
+        let mut pools = self.pools.lock().expect("pool memory lock");
+        if let Some(memory) = pools.get_mut(key) {
+            memory.woken = true;
+        }
     }
 
     /// Counts one more transient failure of the pool; returns the count.

@@ -43,8 +43,9 @@ pub async fn deployment(pool: &ValidPool<'_>, ctx: &Context) -> Result<Option<De
     Ok(deployments.get_opt(&pool.name).await?)
 }
 
-/// The queue depth: a fresh read, or the last one when it is younger than the poll interval
-/// and the spec has not changed since. An unreadable queue is an observation, not an error.
+/// The queue depth: a fresh read, or the last one when it is younger than the poll interval,
+/// the spec has not changed since and no wake-up hint came in ([`crate::wake`]). An
+/// unreadable queue is an observation, not an error.
 /// A Secret that does not opt in is a refusal (a reconcile error), not an unreadable queue.
 pub async fn queue(
     pool: &ValidPool<'_>,
@@ -54,10 +55,11 @@ pub async fn queue(
     let current = current_replicas(deployment.as_ref());
     let generation = pool.resource.metadata.generation;
     let cached = ctx.with_memory(&pool.key, Instant::now(), current, |memory| {
+        let woken = std::mem::take(&mut memory.woken);
         memory
             .last_read
             .clone()
-            .filter(|last| last.generation == generation && last.at.elapsed() < pool.poll)
+            .filter(|last| !woken && last.generation == generation && last.at.elapsed() < pool.poll)
     });
     if let Some(last) = cached {
         ctx.metrics.count_read("cached");
