@@ -18,9 +18,9 @@ use qwp_pool::crd::{POOL_LABEL, QueueWorkerPool};
 use tracing::warn;
 
 use crate::Error;
-use crate::wake::WakeReceiver;
 use crate::reconcile::validate::is_controlled_by;
 use crate::reconcile::{Context, reconcile};
+use crate::wake::WakeReceiver;
 
 /// First retry after a transient error; doubles per consecutive one up to [`MAX_BACKOFF`].
 pub const BASE_BACKOFF: Duration = Duration::from_secs(5);

@@ -80,6 +80,7 @@ pub struct Expect {
     pub unordered: bool,
 }
 
+#[derive(Clone)]
 pub enum Reply {
     Json(Value),
     NotFound,

@@ -36,7 +36,7 @@ use qwp_operator::leader::{self, DEFAULT_LEASE_NAME, Leadership, LeaseSettings};
 use qwp_operator::metrics::Metrics;
 use qwp_operator::queue::SqsQueueDepth;
 use qwp_operator::{Context, controller, wake};
-use qwp_pool::contract::DEFAULT_ADMIN_PORT;
+use qwp_pool::contract::{DEFAULT_ADMIN_PORT, DEFAULT_OPERATOR_ADMIN_PORT};
 use qwp_pool::crd::{QueueWorkerPool, crd_yaml};
 use qwp_runtime::signals;
 use tracing::{error, info};
@@ -75,7 +75,7 @@ struct Settings {
 impl Settings {
     fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
         Ok(Settings {
-            admin_port: vars.parse_in("QWP_ADMIN_PORT", 8080, 1..=65535)?,
+            admin_port: vars.parse_in("QWP_ADMIN_PORT", DEFAULT_OPERATOR_ADMIN_PORT, 1..=65535)?,
             watch_namespace: vars.optional("QWP_WATCH_NAMESPACE"),
             worker_admin_port: vars.parse_in(
                 "QWP_WORKER_ADMIN_PORT",

@@ -70,6 +70,8 @@ pub const STATUS_PATH: &str = "/status";
 /// itself, the reconcile reads the queue as always. Answers: 202 taken by the leader, 503
 /// from a standby replica (leader election: only the leader reconciles).
 pub const WAKE_PATH: &str = "/internal/v1/wake";
+/// The operator's admin port (`QWP_ADMIN_PORT`) by default, where [`WAKE_PATH`] is served.
+pub const DEFAULT_OPERATOR_ADMIN_PORT: u16 = 8080;
 /// The query parameter of [`WAKE_PATH`].
 pub const WAKE_QUEUE_PARAM: &str = "queue";
 /// The API server's setting: `host:port` of the operator's admin port (the chart's headless

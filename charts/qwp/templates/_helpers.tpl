@@ -101,3 +101,13 @@ capabilities:
 seccompProfile:
   type: RuntimeDefault
 {{- end -}}
+
+{{/* Where the API server sends wake-up hints (OPERATOR_WAKE_ADDRESS): apiServer.operatorWakeAddress,
+     else this release's headless operator-wake Service when it runs the operator, else nothing. */}}
+{{- define "qwp.operatorWakeAddress" -}}
+{{- if .Values.apiServer.operatorWakeAddress -}}
+{{- .Values.apiServer.operatorWakeAddress -}}
+{{- else if .Values.operator.enabled -}}
+{{- printf "%s-operator-wake.%s.svc:%v" (include "qwp.fullname" .) .Release.Namespace .Values.operator.adminPort -}}
+{{- end -}}
+{{- end -}}

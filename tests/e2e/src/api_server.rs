@@ -41,6 +41,10 @@ pub async fn install_with(env: &TestEnv, stack: &TestStack, extra: &[&str]) -> A
         "operator.enabled=false".to_string(),
         "apiServer.enabled=true".to_string(),
         "apiServer.logLevel=warn".to_string(),
+        format!(
+            "apiServer.operatorWakeAddress={}",
+            s.operator_wake_address()
+        ),
         format!("image.tag={}", s.image_tag),
         format!("image.registry={}", s.image_registry),
         format!("aws.endpoint={}", s.pod_aws_endpoint),

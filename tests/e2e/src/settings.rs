@@ -24,6 +24,9 @@ pub struct Settings {
     pub release: String,
     /// Extra `--set` for the operator install, comma separated (`E2E_HELM_SET`).
     pub extra_helm_set: Option<String>,
+    /// The chart installed (`E2E_CHART_DIR`, default charts/qwp of this checkout): another
+    /// checkout's, to benchmark an older version with this suite's measurements.
+    pub chart_dir: PathBuf,
 }
 
 impl Settings {
@@ -52,7 +55,6 @@ impl Settings {
             out_dir: var("E2E_OUT_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| repo_root.join("tests/e2e/out")),
-            repo_root,
             pod_aws_endpoint,
             host_addr: host_addr.unwrap_or_default(),
             region: var("AWS_REGION").unwrap_or_else(|| "us-east-1".into()),
@@ -62,11 +64,15 @@ impl Settings {
                 .unwrap_or_else(|| "qwp-system".into()),
             release: var("E2E_RELEASE").unwrap_or_else(|| "qwp".into()),
             extra_helm_set: var("E2E_HELM_SET"),
+            chart_dir: var("E2E_CHART_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| repo_root.join("charts/qwp")),
+            repo_root,
         }
     }
 
     pub fn chart_dir(&self) -> PathBuf {
-        self.repo_root.join("charts/qwp")
+        self.chart_dir.clone()
     }
 
     pub fn image(&self, name: &str) -> String {
@@ -74,6 +80,17 @@ impl Settings {
     }
 
     /// The operator Deployment's name as the chart spells it.
+    /// The installed operator's wake-up endpoint (its release's headless Service), for an
+    /// API server installed as a release of its own.
+    pub fn operator_wake_address(&self) -> String {
+        format!(
+            "{}-wake.{}.svc:{}",
+            self.operator_deployment(),
+            self.operator_namespace,
+            qwp_pool::contract::DEFAULT_OPERATOR_ADMIN_PORT
+        )
+    }
+
     pub fn operator_deployment(&self) -> String {
         if self.release.contains("qwp") {
             format!("{}-operator", self.release)

@@ -320,6 +320,17 @@ fn network_policies_open_the_public_port_and_admin_ports_only_to_their_callers()
         allowed(&operator, &worker, worker_admin),
         "operator → /status"
     );
+    // Wake-up hints: the API server's pods reach the operator's admin port.
+    assert!(
+        allowed(&api, &operator, port(&operator, "admin")),
+        "API server → operator wake-up"
+    );
+    // Completion hints: pool pods reach the API server's internal port, nobody else does.
+    let internal = port(&api, "internal");
+    assert!(allowed(&worker, &api, internal), "worker → API hints");
+    for from in [&client, &scraper, &neighbour, &operator] {
+        assert!(!allowed(from, &api, internal), "{from:?} → API hints");
+    }
     assert!(allowed(&scraper, &worker, worker_admin), "scraper → worker");
     for from in [&client, &api, &neighbour, &Pod::plain(POOL_NAMESPACE, &[])] {
         assert!(!allowed(from, &worker, worker_admin), "{from:?} → worker");
