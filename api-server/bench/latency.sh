@@ -7,9 +7,12 @@
 #  2. GET /jobs/{id} of a finished job at 50 clients (oha), with the finished-result cache
 #     on and off (RESULT_CACHE_MB=0: one GetObject per read, as before the cache).
 # Same binaries, same machine, one after the other. PROFILE=release (default) builds
-# release binaries of the server and worker; PROFILE=debug uses the dev build.
+# release binaries of the server and worker; PROFILE=debug uses the dev build. BEFORE_BIN, an
+# older qwp-api-server (e.g. main's before issue 15, built in its own checkout), adds its rows
+# ("before"), measured the same way with this checkout's worker.
 #
 #   api-server/bench/latency.sh
+#   BEFORE_BIN=/path/to/old/release/qwp-api-server api-server/bench/latency.sh
 #   PROFILE=debug REQUESTS=50 SECONDS_PER_RUN=10 api-server/bench/latency.sh
 set -euo pipefail
 
@@ -51,11 +54,12 @@ cleanup() {
 trap cleanup EXIT
 BASE="http://127.0.0.1:$PORT"
 
-start() { # $1: POD_IP, $2: RESULT_CACHE_MB
+SERVER_BIN="$TARGET/qwp-api-server"
+start() { # $1: POD_IP, $2: RESULT_CACHE_MB; the server is $SERVER_BIN
     eval "$("$RAW" setup | sed 's/^/export /')"
     STACK_UP=1
     PORT="$PORT" ADMIN_PORT="$ADMIN_PORT" INTERNAL_PORT="$INTERNAL_PORT" POD_IP="$1" \
-        RESULT_CACHE_MB="$2" RUST_LOG=warn "$TARGET/qwp-api-server" >>"$WORK/server.log" 2>&1 &
+        RESULT_CACHE_MB="$2" RUST_LOG=warn "$SERVER_BIN" >>"$WORK/server.log" 2>&1 &
     SERVER_PID=$!
     WORKER_PROCESSOR=checksum WORKER_ADMIN_PORT="$WORKER_ADMIN_PORT" SQS_WAIT_TIME_SECONDS=20 \
         RUST_LOG=warn "$TARGET/qwp-worker" >>"$WORK/worker.log" 2>&1 &
@@ -91,15 +95,23 @@ status_reads() { # $1: label, $2: RESULT_CACHE_MB
     job="$(curl -fsS -H 'content-type: application/octet-stream' --data-binary 'x' \
         "$BASE/jobs?filename=x.bin&wait=20" | jq -r .job_id)"
     "$OHA" --no-tui --output-format json -z "${SECONDS_PER_RUN}s" -c 50 "$BASE/jobs/$job" >"$WORK/status.json"
-    jq -r --arg l "$1" '"| status reads, cache \($l) | \(.summary.requestsPerSec | floor) reads/s | p50 \(.latencyPercentiles.p50*1000|floor) ms | p99 \(.latencyPercentiles.p99*1000|floor) ms | non-200: \([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add // 0) |"' "$WORK/status.json"
+    jq -r --arg l "$1" '"| status reads, cache \($l) | \(.summary.requestsPerSec | floor) reads/s | p50 \(.latencyPercentiles.p50*10000|floor/10) ms | p99 \(.latencyPercentiles.p99*10000|floor/10) ms | non-200: \([.statusCodeDistribution | to_entries[] | select(.key != "200") | .value] | add // 0) |"' "$WORK/status.json"
     stop
 }
 
 echo "| run | p50 ms | p99 ms | mean ms |"
 echo "|---|---:|---:|---:|"
+if [[ -n "${BEFORE_BIN:-}" ]]; then
+    SERVER_BIN="$BEFORE_BIN" upload_to_result "before (main, BEFORE_BIN)" 127.0.0.1
+fi
+SERVER_BIN="$TARGET/qwp-api-server"
 upload_to_result off 192.0.2.1
 upload_to_result on 127.0.0.1
 echo
+if [[ -n "${BEFORE_BIN:-}" ]]; then
+    SERVER_BIN="$BEFORE_BIN" status_reads "before (main, BEFORE_BIN)" 0
+fi
+SERVER_BIN="$TARGET/qwp-api-server"
 status_reads off 0
 status_reads on 64
 echo
