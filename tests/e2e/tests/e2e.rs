@@ -103,10 +103,15 @@ async fn t1_helm_install_makes_the_operator_ready_and_kubectl_shows_the_pool() {
             qwp_e2e::wait::deployment(&env.client, &s.operator_namespace, &s.operator_deployment())
                 .await
                 .expect("the chart created the operator Deployment");
+        // Every replica the chart asks for (a leader and its standbys) is Ready.
+        let wanted = operator.spec.as_ref().and_then(|spec| spec.replicas);
         let status = operator.status.unwrap_or_default();
+        assert!(
+            wanted.is_some_and(|n| n >= 1),
+            "operator Deployment asks for no replicas: {wanted:?}"
+        );
         assert_eq!(
-            status.ready_replicas,
-            Some(1),
+            status.ready_replicas, wanted,
             "operator not Ready: {status:?}"
         );
 
