@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+#[cfg(feature = "face")]
 use crate::face::FaceRecognizer;
 use crate::hint::ResultHints;
 use crate::job::{self, JobContext, JobObserver, NoObserver};
@@ -46,6 +47,7 @@ pub struct Worker {
     settings: Settings,
     metrics: Arc<Metrics>,
     observer: Arc<dyn JobObserver>,
+    #[cfg(feature = "face")]
     face: Option<Arc<FaceRecognizer>>,
 }
 
@@ -88,6 +90,7 @@ impl Worker {
             metrics: Arc::new(Metrics::new(settings.concurrency)),
             settings,
             observer: Arc::new(NoObserver),
+            #[cfg(feature = "face")]
             face: None,
         })
     }
@@ -99,6 +102,7 @@ impl Worker {
     }
 
     /// The started face processor, for `WORKER_PROCESSOR=face`.
+    #[cfg(feature = "face")]
     pub fn with_face(mut self, face: Arc<FaceRecognizer>) -> Self {
         self.face = Some(face);
         self
@@ -112,7 +116,9 @@ impl Worker {
     /// Consumes until `shutdown` is cancelled, then drains: in-flight jobs get
     /// `WORKER_DRAIN_SECONDS` to finish, the rest are handed back (visibility 0).
     pub async fn run(self, shutdown: CancellationToken) {
-        let processor = Processor::new(self.settings.processor.clone()).with_face(self.face);
+        let processor = Processor::new(self.settings.processor.clone());
+        #[cfg(feature = "face")]
+        let processor = processor.with_face(self.face);
         info!(
             concurrency = self.settings.concurrency,
             processor = processor.kind(),

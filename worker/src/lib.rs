@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod consumer;
+#[cfg(feature = "face")]
 pub mod face;
 pub mod hint;
 pub mod job;

@@ -5,7 +5,9 @@ use anyhow::Context;
 use qwp_jobs::Config;
 use qwp_jobs::aws::AwsClients;
 use qwp_runtime::signals;
+#[cfg(feature = "face")]
 use qwp_worker::face::FaceRecognizer;
+#[cfg(feature = "face")]
 use qwp_worker::settings::ProcessorSettings;
 use qwp_worker::{CancellationToken, Settings, Worker, admin};
 
@@ -40,6 +42,7 @@ async fn run() -> anyhow::Result<()> {
     // Installed before the first receive, so a SIGTERM at any moment drains cleanly.
     let shutdown = signals::shutdown_token().context("installing signal handlers")?;
 
+    #[cfg(feature = "face")]
     let face = match &settings.processor {
         ProcessorSettings::Face(face) => {
             let recognizer = FaceRecognizer::start(face, &clients.s3, &config.s3_in_bucket).await?;
@@ -52,10 +55,12 @@ async fn run() -> anyhow::Result<()> {
         }
         _ => None,
     };
-    let mut worker = Worker::new(&config, settings, &clients, queue_url)?;
-    if let Some(face) = face {
-        worker = worker.with_face(face);
-    }
+    let worker = Worker::new(&config, settings, &clients, queue_url)?;
+    #[cfg(feature = "face")]
+    let worker = match face {
+        Some(face) => worker.with_face(face),
+        None => worker,
+    };
     let metrics = worker.metrics();
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(listener, metrics, {

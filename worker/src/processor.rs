@@ -3,6 +3,7 @@
 //! so the message goes back to the queue.
 
 use std::process::Stdio;
+#[cfg(feature = "face")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use rand::Rng;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+#[cfg(feature = "face")]
 use crate::face::FaceRecognizer;
 use crate::settings::{ProcessorSettings, SleepDuration};
 
@@ -36,6 +38,7 @@ pub enum ProcessError {
 pub struct Processor {
     settings: ProcessorSettings,
     /// The loaded models and gallery of the `face` processor ([`Processor::with_face`]).
+    #[cfg(feature = "face")]
     face: Option<Arc<FaceRecognizer>>,
 }
 
@@ -43,10 +46,12 @@ impl Processor {
     pub fn new(settings: ProcessorSettings) -> Self {
         Processor {
             settings,
+            #[cfg(feature = "face")]
             face: None,
         }
     }
 
+    #[cfg(feature = "face")]
     pub fn with_face(mut self, face: Option<Arc<FaceRecognizer>>) -> Self {
         self.face = face;
         self
@@ -58,6 +63,7 @@ impl Processor {
             ProcessorSettings::Sleep(_) => "sleep",
             ProcessorSettings::Checksum => "checksum",
             ProcessorSettings::Command { .. } => "command",
+            #[cfg(feature = "face")]
             ProcessorSettings::Face(_) => "face",
         }
     }
@@ -69,6 +75,7 @@ impl Processor {
             ProcessorSettings::Command { argv, timeout, env } => {
                 run_command(argv, *timeout, env, job, input).await
             }
+            #[cfg(feature = "face")]
             ProcessorSettings::Face(_) => match &self.face {
                 Some(face) => face.recognise(input).await,
                 None => Err(ProcessError::Transient(

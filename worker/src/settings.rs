@@ -8,6 +8,7 @@ use std::time::Duration;
 use qwp_jobs::config::{ConfigError, Vars};
 use qwp_pool::contract::WorkerEnv;
 
+#[cfg(feature = "face")]
 use crate::face::{FaceSettings, GallerySource};
 
 /// `WORKER_MAX_ATTEMPTS`' default: attempts a job gets when the queue has no redrive policy.
@@ -65,6 +66,7 @@ pub enum ProcessorSettings {
         env: Vec<(String, String)>,
     },
     /// The person in a photo, named from a gallery of reference photos (docs/worker.md).
+    #[cfg(feature = "face")]
     Face(FaceSettings),
 }
 
@@ -175,7 +177,16 @@ impl Settings {
                     env: command_env(vars)?,
                 }
             }
+            #[cfg(feature = "face")]
             "face" => ProcessorSettings::Face(face_settings(vars)?),
+            #[cfg(not(feature = "face"))]
+            "face" => {
+                return Err(ConfigError {
+                    name: "WORKER_PROCESSOR".into(),
+                    value: "face".into(),
+                    reason: "this worker was built without its `face` feature".into(),
+                });
+            }
             other => {
                 return Err(ConfigError {
                     name: "WORKER_PROCESSOR".into(),
@@ -215,6 +226,7 @@ impl Settings {
     }
 }
 
+#[cfg(feature = "face")]
 fn face_settings(vars: &Vars) -> Result<FaceSettings, ConfigError> {
     let defaults = qwp_face::Limits::default();
     Ok(FaceSettings {
@@ -336,6 +348,15 @@ mod tests {
         assert_eq!(err.name, "WORKER_COMMAND");
     }
 
+    #[cfg(not(feature = "face"))]
+    #[test]
+    fn face_is_refused_by_a_build_without_it() {
+        let err = settings(&[("WORKER_PROCESSOR", "face")]).unwrap_err();
+        assert_eq!(err.name, "WORKER_PROCESSOR");
+        assert!(err.reason.contains("`face` feature"), "{}", err.reason);
+    }
+
+    #[cfg(feature = "face")]
     #[test]
     fn face_has_defaults_and_takes_a_gallery() {
         let s = settings(&[("WORKER_PROCESSOR", "face")]).unwrap();
