@@ -41,9 +41,19 @@ pub struct TestStack {
 /// benchmark's load (dozens of pods polling it, hundreds of requests a second, 2 shared cores)
 /// can answer slower than the SDK's stalled-stream floor (1 B/s over 5 s) or than three
 /// attempts allow: that is not what a test measures, so such requests wait and retry (each
-/// attempt still ends at the 25 s attempt timeout) instead of failing the run.
+/// attempt still ends at the 25 s attempt timeout) instead of failing the run. The retry
+/// quota is unlimited too: the standard strategy's shared token bucket (500 tokens, 10 per
+/// timed-out attempt) is spent by a few dozen of a burst's concurrent uploads timing out at
+/// once, after which every request fails at its first timeout (`make bench-keda`'s flash
+/// sale: `store input: TimeoutError` ~100 s in, far short of 8 attempts).
 fn patient(clients: AwsClients) -> AwsClients {
+    use aws_sdk_s3::config::retry::{RetryPartition, TokenBucket};
     const ATTEMPTS: u32 = 8;
+    let unlimited = |name: &'static str| {
+        RetryPartition::custom(name)
+            .token_bucket(TokenBucket::unlimited())
+            .build()
+    };
     let s3 = clients
         .s3
         .config()
@@ -52,6 +62,7 @@ fn patient(clients: AwsClients) -> AwsClients {
         .retry_config(
             aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(ATTEMPTS),
         )
+        .retry_partition(unlimited("qwp-test-s3"))
         .build();
     let sqs = clients
         .sqs
@@ -61,6 +72,7 @@ fn patient(clients: AwsClients) -> AwsClients {
         .retry_config(
             aws_sdk_sqs::config::retry::RetryConfig::standard().with_max_attempts(ATTEMPTS),
         )
+        .retry_partition(unlimited("qwp-test-sqs"))
         .build();
     AwsClients {
         s3: aws_sdk_s3::Client::from_conf(s3),
