@@ -157,7 +157,7 @@ fn lanes(bench: &Bench, trace: &Trace) -> Vec<Lane> {
             },
             settings: "ScaledObject defaults: pollingInterval 30 s, cooldownPeriod 300 s, \
                        queueLength = concurrency, scaleOnInFlight (default true); HPA defaults \
-                       (sync 15 s, tolerance 10 %, scale-up max(4 pods, 100 %)/15 s, \
+                       (sync 15 s, tolerance 10 %, scale-up to max(4, 2 × current) per sync (no `behavior`), \
                        scale-down window 300 s)"
                 .into(),
         },
