@@ -101,12 +101,11 @@ async fn main() -> anyhow::Result<()> {
             "spec": {
                 "queue": {"url": url, "region": "us-east-1", "endpoint": args.endpoint,
                           "credentialsSecretRef": {"name": "aws"}},
-                "maxReplicas": 20, "targetBacklogPerPod": 5,
+                "maxReplicas": 20, "targetBacklogPerPod": 5, "drainSeconds": 0,
                 "scaleDown": {"stabilizationWindowSeconds": 5},
                 "template": {"spec": {"containers": [{
                     "name": "worker", "image": "qwp-testbox:dev", "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"]}],
-                    "terminationGracePeriodSeconds": 1}}
+                    "command": ["sleep", "3600"]}]}}
             }
         });
         pools

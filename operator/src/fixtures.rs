@@ -449,6 +449,7 @@ mod scenarios {
     use super::*;
     use crate::deletion_cost::DELETION_COST_ANNOTATION;
     use kube::runtime::controller::Action;
+    use qwp_pool::contract::WORKER_DRAIN_SECONDS;
     use qwp_pool::crd::QueueWorkerPoolStatus;
 
     fn env_value<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
@@ -483,7 +484,7 @@ mod scenarios {
             in_flight: 2,
             delayed: 7,
         }));
-        let pool = test_pool(json!({"concurrency": 2}));
+        let pool = test_pool(json!({"concurrency": 2, "drainSeconds": 40}));
         let status = Arc::new(Mutex::new(Value::Null));
         let result = test
             .reconcile(
@@ -503,6 +504,13 @@ mod scenarios {
                         assert_eq!(
                             env_value(body, "AWS_ENDPOINT_URL"),
                             Some(&json!("http://localstack:4566"))
+                        );
+                        // One drain budget: the pool's drainSeconds, plus the 5 s release
+                        // margin for the kubelet.
+                        assert_eq!(env_value(body, WORKER_DRAIN_SECONDS), Some(&json!("40")));
+                        assert_eq!(
+                            body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+                            json!(45)
                         );
                     }),
                     Expect::new(Method::POST, events_path(), Reply::Echo).check(|body| {

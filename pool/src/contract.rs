@@ -7,9 +7,9 @@
 //! - the API server's wake-up hint to the operator, [`WAKE_PATH`] (see there);
 //! - the worker's `GET` [`STATUS_PATH`] document, [`WorkerStatus`], which the operator reads to
 //!   give busy pods a higher deletion cost;
-//! - the defaults: [`DEFAULT_ADMIN_PORT`], [`DEFAULT_DRAIN_SECONDS`] and the
-//!   [`RELEASE_MARGIN_SECONDS`] that turn a drain into the pod's grace period
-//!   ([`termination_grace_seconds`]).
+//! - the defaults: [`DEFAULT_ADMIN_PORT`], [`DEFAULT_DRAIN_SECONDS`] (the pool's `drainSeconds`)
+//!   and the [`RELEASE_MARGIN_SECONDS`] that turn a drain into the pod's grace period
+//!   ([`termination_grace_seconds`]), within which the worker bounds its hand-back.
 
 use std::time::Duration;
 
@@ -59,7 +59,7 @@ pub const DEFAULT_DRAIN_SECONDS: u32 = 25;
 /// The longest drain the worker accepts.
 pub const MAX_DRAIN_SECONDS: u32 = 3600;
 /// Time after the drain for the worker to hand unfinished messages back to the queue and exit
-/// before the kubelet's SIGKILL.
+/// before the kubelet's SIGKILL; the worker bounds its hand-back to fit in it.
 pub const RELEASE_MARGIN_SECONDS: u32 = 5;
 /// Where the worker serves its [`WorkerStatus`] on the admin port.
 pub const STATUS_PATH: &str = "/status";
@@ -93,13 +93,6 @@ pub fn termination_grace_seconds(drain_seconds: u32) -> i64 {
     i64::from(drain_seconds) + i64::from(RELEASE_MARGIN_SECONDS)
 }
 
-/// The longest drain that fits in a grace period of `grace_seconds` (the inverse of
-/// [`termination_grace_seconds`]), within what the worker accepts.
-pub fn drain_seconds_within(grace_seconds: i64) -> u32 {
-    let drain = grace_seconds.saturating_sub(i64::from(RELEASE_MARGIN_SECONDS));
-    u32::try_from(drain.clamp(0, i64::from(MAX_DRAIN_SECONDS))).unwrap_or(0)
-}
-
 /// The worker's own part of the injected environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerEnv {
@@ -122,19 +115,15 @@ impl Default for WorkerEnv {
 }
 
 impl WorkerEnv {
-    /// What the operator sets for a pool, with the admin port it probes. The drain is what
-    /// the template's `terminationGracePeriodSeconds` leaves after the release margin, or
-    /// [`DEFAULT_DRAIN_SECONDS`] when the template sets no grace period.
+    /// What the operator sets for a pool, with the admin port it probes. The drain is the
+    /// pool's `drainSeconds` (within what the worker accepts, as the CRD's bounds already
+    /// ensure); the pod's grace period follows from it ([`Self::termination_grace_seconds`]).
     pub fn for_pool(spec: &QueueWorkerPoolSpec, admin_port: u16) -> Self {
-        let grace = spec
-            .template
-            .spec
-            .as_ref()
-            .and_then(|pod| pod.termination_grace_period_seconds);
         WorkerEnv {
             concurrency: u32::try_from(spec.concurrency).unwrap_or(DEFAULT_CONCURRENCY),
             admin_port,
-            drain_seconds: grace.map_or(DEFAULT_DRAIN_SECONDS, drain_seconds_within),
+            drain_seconds: u32::try_from(spec.drain_seconds)
+                .map_or(0, |drain| drain.min(MAX_DRAIN_SECONDS)),
         }
     }
 
@@ -400,34 +389,23 @@ mod tests {
     }
 
     #[test]
-    fn the_drain_fits_the_grace_period() {
+    fn the_grace_period_is_the_pools_drain_plus_the_release_margin() {
         assert_eq!(termination_grace_seconds(DEFAULT_DRAIN_SECONDS), 30);
-        let with_grace = |grace: i64| {
-            WorkerEnv::for_pool(
-                &spec(json!({"containers": containers(),
-                             "terminationGracePeriodSeconds": grace})),
-                DEFAULT_ADMIN_PORT,
-            )
-            .drain_seconds
+        let with_drain = |drain: i32| {
+            let mut spec = spec(json!({"containers": containers()}));
+            spec.drain_seconds = drain;
+            WorkerEnv::for_pool(&spec, DEFAULT_ADMIN_PORT)
         };
-        assert_eq!(with_grace(15), 10);
-        assert_eq!(with_grace(30), DEFAULT_DRAIN_SECONDS);
+        assert_eq!(with_drain(10).drain_seconds, 10);
+        assert_eq!(with_drain(10).termination_grace_seconds(), 15);
         assert_eq!(
-            with_grace(2),
-            0,
-            "shorter than the margin: hand back at once"
+            with_drain(0).termination_grace_seconds(),
+            i64::from(RELEASE_MARGIN_SECONDS),
+            "no drain: hand back at once, still within the margin"
         );
-        assert_eq!(
-            with_grace(100_000),
-            MAX_DRAIN_SECONDS,
-            "within what the worker accepts"
-        );
-        for drain in [0, 10, DEFAULT_DRAIN_SECONDS, MAX_DRAIN_SECONDS] {
-            assert_eq!(
-                drain_seconds_within(termination_grace_seconds(drain)),
-                drain
-            );
-        }
+        // Past the CRD's bounds (an API server without validation): what the worker accepts.
+        assert_eq!(with_drain(100_000).drain_seconds, MAX_DRAIN_SECONDS);
+        assert_eq!(with_drain(-1).drain_seconds, 0);
         let default = WorkerEnv::for_pool(&spec(json!({"containers": containers()})), 1);
         assert_eq!(default.drain(), Duration::from_secs(25));
         assert_eq!(default.termination_grace_seconds(), 30);
@@ -476,10 +454,15 @@ mod tests {
         );
         let crd = serde_json::to_value(<crate::QueueWorkerPool as kube::CustomResourceExt>::crd())
             .unwrap();
-        let concurrency = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-            ["properties"]["concurrency"];
+        let properties = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        let concurrency = &properties["concurrency"];
         assert_eq!(concurrency["maximum"], json!(f64::from(MAX_CONCURRENCY)));
         assert_eq!(concurrency["default"], json!(DEFAULT_CONCURRENCY));
+        let drain = &properties["drainSeconds"];
+        assert_eq!(drain["minimum"], json!(0.0));
+        assert_eq!(drain["maximum"], json!(f64::from(MAX_DRAIN_SECONDS)));
+        assert_eq!(drain["default"], json!(DEFAULT_DRAIN_SECONDS));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::{Message, Rule};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,7 @@ pub const CREDENTIAL_KEYS_ANNOTATION: &str = "queueworker.io/credential-keys";
 )]
 #[x_kube(validation = Rule::new("self.maxReplicas >= self.minReplicas")
     .message("maxReplicas must be greater than or equal to minReplicas"))]
+#[x_kube(validation = grace_period_rule())]
 #[serde(rename_all = "camelCase")]
 pub struct QueueWorkerPoolSpec {
     /// The SQS queue whose depth drives the pool.
@@ -81,6 +83,14 @@ pub struct QueueWorkerPoolSpec {
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 1000))]
     pub concurrency: i32,
+
+    /// After SIGTERM, how long a pod's running jobs may still finish before the worker hands
+    /// them back to the queue (injected as WORKER_DRAIN_SECONDS). The pods'
+    /// terminationGracePeriodSeconds is this plus 5 s, the time the worker has to hand back
+    /// what is unfinished and exit before SIGKILL.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_seconds: i32,
 
     /// Counted messages one pod should have; desired = ceil(backlog / targetBacklogPerPod).
     /// Unset means `concurrency`: one message per job slot.
@@ -121,9 +131,8 @@ pub struct QueueWorkerPoolSpec {
     pub paused: bool,
 
     /// The worker pod template. The operator sets the queue settings, WORKER_CONCURRENCY,
-    /// WORKER_ADMIN_PORT and WORKER_DRAIN_SECONDS in every container's environment; the drain
-    /// is terminationGracePeriodSeconds minus 5 s, or 25 s with a grace period of 30 s when
-    /// the template sets none.
+    /// WORKER_ADMIN_PORT and WORKER_DRAIN_SECONDS in every container's environment, and the
+    /// pod's terminationGracePeriodSeconds from drainSeconds (leave it unset here).
     #[schemars(schema_with = "pod_template_schema")]
     pub template: PodTemplateSpec,
 }
@@ -307,6 +316,9 @@ impl QueueWorkerPoolSpec {
 fn default_concurrency() -> i32 {
     contract::DEFAULT_CONCURRENCY as i32
 }
+fn default_drain_seconds() -> i32 {
+    contract::DEFAULT_DRAIN_SECONDS as i32
+}
 fn default_true() -> bool {
     true
 }
@@ -319,6 +331,23 @@ fn default_access_key_id_key() -> String {
 }
 fn default_secret_access_key_key() -> String {
     contract::AWS_SECRET_ACCESS_KEY.into()
+}
+
+/// The grace period is drainSeconds plus the release margin
+/// ([`contract::termination_grace_seconds`]): a template may leave it out or repeat that value,
+/// but not set another, which would let the kubelet kill the worker before it has handed its
+/// unfinished messages back (or keep a dead pod around for nothing).
+fn grace_period_rule() -> Rule {
+    Rule::new(format!(
+        "!has(self.template.spec.terminationGracePeriodSeconds) || \
+         self.template.spec.terminationGracePeriodSeconds == self.drainSeconds + {margin}",
+        margin = contract::RELEASE_MARGIN_SECONDS
+    ))
+    .message(Message::Message(format!(
+        "template.spec.terminationGracePeriodSeconds must be unset (or drainSeconds + {margin}): \
+         the operator sets it to drainSeconds + {margin} s; set spec.drainSeconds instead",
+        margin = contract::RELEASE_MARGIN_SECONDS
+    )))
 }
 
 /// The pod template as an object with the parts the operator relies on (at least one container
@@ -340,6 +369,8 @@ fn pod_template_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
                 "required": ["containers"],
                 "x-kubernetes-preserve-unknown-fields": true,
                 "properties": {
+                    // Declared so the grace-period rule can read it.
+                    "terminationGracePeriodSeconds": {"type": "integer", "format": "int64"},
                     "containers": {
                         "type": "array",
                         "minItems": 1,
@@ -538,6 +569,40 @@ mod tests {
     }
 
     #[test]
+    fn cel_rejects_a_template_grace_period_other_than_drain_plus_margin() {
+        let with = |drain: Option<i64>, grace: Option<i64>| {
+            let mut spec = valid_spec();
+            if let Some(drain) = drain {
+                spec["drainSeconds"] = json!(drain);
+            }
+            if let Some(grace) = grace {
+                spec["template"]["spec"]["terminationGracePeriodSeconds"] = json!(grace);
+            }
+            cel_errors(spec)
+        };
+        let rejected = |errors: Vec<String>| {
+            errors.iter().any(|e| {
+                e.contains("template.spec.terminationGracePeriodSeconds must be unset")
+                    && e.contains("set spec.drainSeconds instead")
+            })
+        };
+        assert_eq!(with(Some(10), None), Vec::<String>::new());
+        assert_eq!(
+            with(Some(10), Some(15)),
+            Vec::<String>::new(),
+            "the value the operator sets anyway"
+        );
+        assert_eq!(
+            with(None, Some(30)),
+            Vec::<String>::new(),
+            "the default drain (25) plus the margin"
+        );
+        assert!(rejected(with(None, Some(2))));
+        assert!(rejected(with(Some(25), Some(2))));
+        assert!(rejected(with(Some(10), Some(30))));
+    }
+
+    #[test]
     fn schema_carries_the_defaults_and_bounds() {
         let schema = schema();
         let spec = &schema["properties"]["spec"]["properties"];
@@ -557,6 +622,14 @@ mod tests {
         );
         assert_eq!(spec["maxReplicas"]["minimum"], json!(1.0));
         assert_eq!(spec["concurrency"]["minimum"], json!(1.0));
+        assert_eq!(spec["drainSeconds"]["default"], json!(25));
+        assert_eq!(
+            (
+                &spec["drainSeconds"]["minimum"],
+                &spec["drainSeconds"]["maximum"]
+            ),
+            (&json!(0.0), &json!(3600.0))
+        );
         assert_eq!(
             spec["template"]["properties"]["spec"]["properties"]["containers"]["minItems"],
             json!(1)
@@ -594,5 +667,6 @@ mod tests {
         assert_eq!(spec.effective_target_backlog_per_pod(), 1);
         assert_eq!(spec.scale_down, ScalingRules::default_down());
         assert_eq!(spec.poll_interval_seconds, 5);
+        assert_eq!(spec.drain_seconds, 25);
     }
 }

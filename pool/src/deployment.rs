@@ -59,10 +59,10 @@ pub fn build_deployment(
         env.retain(|var| !INJECTED_ENV.contains(&var.name.as_str()));
         env.extend(injected.iter().cloned());
     }
-    // The drain was derived from the template's grace period when it has one.
-    pod_spec
-        .termination_grace_period_seconds
-        .get_or_insert(worker.termination_grace_seconds());
+    // One budget: the kubelet waits the drain plus the release margin before SIGKILL. (The
+    // CRD rejects a template with another grace period; one stored before the rule is
+    // overridden here.)
+    pod_spec.termination_grace_period_seconds = Some(worker.termination_grace_seconds());
 
     let mut labels = selector.clone();
     labels.insert(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string());
@@ -305,17 +305,26 @@ mod tests {
         );
 
         let mut short = pool(spec());
-        short
+        short.spec.drain_seconds = 10;
+        let short = build_deployment(&short, 1, DEFAULT_ADMIN_PORT).unwrap();
+        assert_eq!(
+            (grace_of(&short), drain_of(&short).as_deref()),
+            (Some(15), Some("10"))
+        );
+
+        let mut stale = pool(spec());
+        stale
             .spec
             .template
             .spec
             .as_mut()
             .unwrap()
-            .termination_grace_period_seconds = Some(15);
-        let short = build_deployment(&short, 1, DEFAULT_ADMIN_PORT).unwrap();
+            .termination_grace_period_seconds = Some(2);
+        let stale = build_deployment(&stale, 1, DEFAULT_ADMIN_PORT).unwrap();
         assert_eq!(
-            (grace_of(&short), drain_of(&short).as_deref()),
-            (Some(15), Some("10"))
+            (grace_of(&stale), drain_of(&stale).as_deref()),
+            (Some(30), Some("25")),
+            "a template's own grace period (stored before the CRD rule) does not cut the drain short"
         );
     }
 

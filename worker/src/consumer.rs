@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use qwp_jobs::aws::AwsClients;
 use qwp_jobs::config::{Config, ConfigError};
+use qwp_pool::contract::RELEASE_MARGIN_SECONDS;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
@@ -34,10 +35,14 @@ use crate::storage::Storage;
 const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(30);
 /// Most `ReceiveMessage` calls in flight at once per process.
 const MAX_POLLERS: usize = 8;
-/// The most the hand-back of unfinished messages may take after the drain, so the process
-/// exits within the pod's release margin rather than being SIGKILLed mid-call; messages not
+/// Of the pod's release margin (the grace period the operator gives beyond the drain), the
+/// time kept for stopping the aborted jobs and exiting.
+const EXIT_SLACK: Duration = Duration::from_secs(2);
+/// The most the hand-back of unfinished messages may take in all after the drain, so the
+/// process exits within the release margin rather than being SIGKILLed mid-call; messages not
 /// handed back in time return when their visibility expires.
-const RELEASE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const RELEASE_BUDGET: Duration =
+    Duration::from_secs(RELEASE_MARGIN_SECONDS as u64).saturating_sub(EXIT_SLACK);
 /// How often the queue's redrive policy (the attempt limit) is read again.
 const REDRIVE_REFRESH: Duration = Duration::from_secs(300);
 
@@ -149,27 +154,17 @@ impl Worker {
             metrics: self.metrics,
             observer: self.observer,
         });
-        let drain_expired = CancellationToken::new();
-        let drain_clock = tokio::spawn({
-            let (shutdown, drain_expired, ctx) =
-                (shutdown.clone(), drain_expired.clone(), ctx.clone());
-            async move {
-                shutdown.cancelled().await;
-                ctx.metrics.set_draining();
-                info!(
-                    in_flight = ctx.metrics.in_flight(),
-                    drain_s = ctx.settings.drain.as_secs(),
-                    "shutdown: no new jobs; draining"
-                );
-                tokio::time::sleep(ctx.settings.drain).await;
-                drain_expired.cancel();
-            }
-        });
-
         let mut tasks = Tasks::default();
-        receive_loop(&ctx, &mut tasks, &shutdown, &drain_expired).await;
-        tasks.drain(&ctx, &drain_expired).await;
-        drain_clock.abort();
+        let polls = receive_loop(&ctx, &mut tasks, &shutdown).await;
+        let deadlines = Deadlines::from_now(ctx.settings.drain);
+        ctx.metrics.set_draining();
+        info!(
+            in_flight = ctx.metrics.in_flight(),
+            drain_s = ctx.settings.drain.as_secs(),
+            "shutdown: no new jobs; draining"
+        );
+        hand_back_late_receives(&ctx, polls, &deadlines).await;
+        tasks.drain(&ctx, &deadlines).await;
         redrive_refresh.abort();
         info!("worker stopped");
     }
@@ -177,13 +172,32 @@ impl Worker {
 
 /// One `ReceiveMessage` in flight with the slots it asked for.
 type Poll = (Vec<OwnedSemaphorePermit>, Result<Vec<Received>, QueueError>);
+type Polls = FuturesUnordered<BoxFuture<'static, Poll>>;
 
+/// The shutdown's clock, started when the signal arrives: jobs may run until `drain`, and
+/// handing back what is left must end by `release`, within the pod's grace period
+/// (`WORKER_DRAIN_SECONDS` + the release margin) even when SQS does not answer.
+struct Deadlines {
+    drain: Instant,
+    release: Instant,
+}
+
+impl Deadlines {
+    fn from_now(drain: Duration) -> Self {
+        let drain = Instant::now() + drain;
+        Deadlines {
+            drain,
+            release: drain + RELEASE_BUDGET,
+        }
+    }
+}
+
+/// Receives and starts jobs until `shutdown`; returns the polls still under way.
 async fn receive_loop(
     ctx: &Arc<JobContext>,
     tasks: &mut Tasks,
     shutdown: &CancellationToken,
-    drain_expired: &CancellationToken,
-) {
+) -> Polls {
     let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
     // Several polls at once when there are many slots, each asking for at most 10:
     // refilling 100 freed slots then takes one round trip, not ten in a row.
@@ -192,7 +206,7 @@ async fn receive_loop(
         .concurrency
         .div_ceil(MAX_BATCH)
         .min(MAX_POLLERS);
-    let mut polls: FuturesUnordered<BoxFuture<'static, Poll>> = FuturesUnordered::new();
+    let mut polls = Polls::new();
     let mut receive_failures = 0u32;
     let mut paused_until: Option<Instant> = None;
     loop {
@@ -233,10 +247,13 @@ async fn receive_loop(
             }
         }
     }
+    polls
+}
 
-    // Polls already under way may finish (at most SQS_WAIT_TIME_SECONDS) so that what
-    // they return is handed back at once instead of staying invisible; only the drain
-    // deadline cuts them short.
+/// Polls already under way may finish (at most SQS_WAIT_TIME_SECONDS) so that what they
+/// return is handed back at once instead of staying invisible; only the drain deadline cuts
+/// them short.
+async fn hand_back_late_receives(ctx: &JobContext, mut polls: Polls, deadlines: &Deadlines) {
     let mut handed_back = Vec::new();
     loop {
         tokio::select! {
@@ -245,11 +262,11 @@ async fn receive_loop(
                 Some((_, Err(_))) => {}
                 None => break,
             },
-            _ = drain_expired.cancelled() => break,
+            _ = tokio::time::sleep_until(deadlines.drain) => break,
         }
     }
     if !handed_back.is_empty() {
-        let released = release_within(ctx, &handed_back).await;
+        let released = release_within(ctx, &handed_back, deadlines).await;
         info!(
             received = handed_back.len(),
             released, "shutdown during a receive: handed its messages back"
@@ -258,14 +275,19 @@ async fn receive_loop(
     }
 }
 
-/// Hands messages back, giving up after [`RELEASE_TIMEOUT`].
-async fn release_within(ctx: &JobContext, receipt_handles: &[String]) -> usize {
-    match tokio::time::timeout(RELEASE_TIMEOUT, ctx.queue.release(receipt_handles)).await {
+/// Hands messages back, giving up at the release deadline: the drain's end plus
+/// [`RELEASE_BUDGET`] (or at once, if it has passed).
+async fn release_within(
+    ctx: &JobContext,
+    receipt_handles: &[String],
+    deadlines: &Deadlines,
+) -> usize {
+    match tokio::time::timeout_at(deadlines.release, ctx.queue.release(receipt_handles)).await {
         Ok(released) => released,
         Err(_) => {
             warn!(
                 messages = receipt_handles.len(),
-                timeout_s = RELEASE_TIMEOUT.as_secs(),
+                budget_s = RELEASE_BUDGET.as_secs(),
                 "handing messages back timed out; they return when their visibility expires"
             );
             0
@@ -348,7 +370,7 @@ impl Tasks {
 
     /// Waits for running jobs until the drain deadline, aborts the rest and hands
     /// their messages back so another pod takes them at once.
-    async fn drain(mut self, ctx: &JobContext, drain_expired: &CancellationToken) {
+    async fn drain(mut self, ctx: &JobContext, deadlines: &Deadlines) {
         let mut aborted = false;
         loop {
             tokio::select! {
@@ -357,7 +379,7 @@ impl Tasks {
                     None => break,
                     Some(finished) => self.settle(ctx, finished).await,
                 },
-                _ = drain_expired.cancelled(), if !aborted => {
+                _ = tokio::time::sleep_until(deadlines.drain), if !aborted => {
                     warn!(unfinished = self.set.len(), "drain time is up; stopping unfinished jobs");
                     self.set.abort_all();
                     aborted = true;
@@ -373,7 +395,7 @@ impl Tasks {
             .into_values()
             .map(|m| m.receipt_handle)
             .collect();
-        let released = release_within(ctx, &handles).await;
+        let released = release_within(ctx, &handles, deadlines).await;
         ctx.metrics.jobs_released(released);
         info!(
             unfinished = handles.len(),

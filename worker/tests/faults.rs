@@ -15,6 +15,8 @@ use common::*;
 use qwp_jobs::result::Outcome as ResultOutcome;
 use qwp_jobs::testing::TestStack;
 use qwp_jobs::{JobId, JobMessage, JobResult};
+use qwp_pool::contract::termination_grace_seconds;
+use qwp_worker::consumer::RELEASE_BUDGET;
 use qwp_worker::metrics::Outcome;
 use qwp_worker::processor::checksum;
 use qwp_worker::settings::{ProcessorSettings, SleepDuration};
@@ -323,6 +325,63 @@ async fn a_hanging_heartbeat_call_does_not_let_the_visibility_lapse() {
     assert_eq!(first_metrics.jobs_with(Outcome::Abandoned), 0);
     assert_eq!(second_metrics.jobs_with(Outcome::Done), 0);
     assert_written_once(&stack, &[job.job_id]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_hand_back_still_ends_within_the_release_margin() {
+    // SIGTERM with two 60 s jobs running and a 1 s drain; every ChangeMessageVisibilityBatch
+    // (the hand-back) hangs. The worker must still be gone within the pod's grace period
+    // (drain + release margin), before the kubelet's SIGKILL; the jobs come back when their
+    // visibility (6 s) runs out, and a second worker finishes each once.
+    let stack = versioned_stack("f-release", 6, None).await;
+    let proxy = proxy(&stack).await;
+    proxy.inject(
+        Match::Sqs("ChangeMessageVisibilityBatch"),
+        Fault::Hang,
+        None,
+    );
+    let jobs: Vec<JobMessage> = [
+        submit_one(&stack, "a.bin", b"a").await,
+        submit_one(&stack, "b.bin", b"b").await,
+    ]
+    .into();
+    let clients = clients_via(&stack, &proxy.url).await;
+    let observer = Arc::new(Counting::default());
+    let drain = Duration::from_secs(1);
+    let first = start_worker_with(
+        &stack,
+        &clients,
+        Settings {
+            drain,
+            ..settings(2, sleep_for(60))
+        },
+        observer.clone(),
+    );
+    wait_until("both jobs running", || async { observer.total_runs() == 2 }).await;
+
+    let signalled = tokio::time::Instant::now();
+    first.shutdown.cancel();
+    let grace = Duration::from_secs(termination_grace_seconds(1).try_into().unwrap());
+    tokio::time::timeout(grace, first.task)
+        .await
+        .expect("the worker outlived the pod's grace period: SIGKILL would come first")
+        .unwrap();
+    let stopped_after = signalled.elapsed();
+    println!("stopped {stopped_after:?} after the signal (drain {drain:?}, grace {grace:?})");
+    assert!(
+        stopped_after >= drain + RELEASE_BUDGET,
+        "the hand-back was given up before its budget: {stopped_after:?}"
+    );
+    assert!(proxy.injected() >= 1, "the hand-back was attempted");
+    assert_eq!(first.metrics.jobs_with(Outcome::Released), 0);
+
+    let second = start_worker(&stack, settings(2, sleep_for(0)), observer.clone());
+    let ids: Vec<JobId> = jobs.iter().map(|job| job.job_id).collect();
+    let results = wait_for_results(&stack, &ids).await;
+    assert!(results.values().all(JobResult::is_done), "{results:?}");
+    wait_for_empty_queue(&stack).await;
+    second.stop().await;
+    assert_written_once(&stack, &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use qwp_jobs::testing::TestStack;
-use qwp_pool::contract::{DEFAULT_ADMIN_PORT, termination_grace_seconds};
+use qwp_pool::contract::DEFAULT_ADMIN_PORT;
 use qwp_pool::crd::{CREDENTIALS_LABEL, QueueWorkerPool};
 use serde_json::{Value, json};
 
@@ -25,7 +25,8 @@ pub struct PoolOptions {
     pub count_in_flight: bool,
     /// WORKER_SLEEP_SECONDS: `1` or a range `2-20`.
     pub sleep_seconds: String,
-    /// The workers' drain: the operator injects WORKER_DRAIN_SECONDS from the grace period.
+    /// The pool's drainSeconds: the operator injects it as WORKER_DRAIN_SECONDS and gives the
+    /// pods a grace period of this plus the release margin.
     pub drain_seconds: u32,
     /// SQS_VISIBILITY_TIMEOUT_SECONDS of the workers.
     pub visibility_timeout_seconds: u32,
@@ -75,10 +76,10 @@ pub fn pool_object(stack: &TestStack, o: &PoolOptions) -> QueueWorkerPool {
             "concurrency": o.concurrency,
             "pollIntervalSeconds": o.poll_interval_seconds,
             "countInFlight": o.count_in_flight,
+            "drainSeconds": o.drain_seconds,
             "scaleDown": {"stabilizationWindowSeconds": o.scale_down_window_seconds},
             "template": {
                 "spec": {
-                    "terminationGracePeriodSeconds": termination_grace_seconds(o.drain_seconds),
                     "automountServiceAccountToken": false,
                     "containers": [{
                         "name": "worker",

@@ -29,6 +29,7 @@ use qwp_e2e::wait::{
 };
 use qwp_e2e::{Settings, TestEnv, with_temp_ns};
 use qwp_jobs::testing::{TestStack, TestStackOptions};
+use qwp_pool::contract::{WORKER_DRAIN_SECONDS, termination_grace_seconds};
 use qwp_pool::crd::QueueWorkerPool;
 use tokio::sync::watch;
 
@@ -439,6 +440,19 @@ async fn t4_scale_down_loses_no_job_and_removes_idle_pods_first() {
 
         let ids = submit_direct(&stack, JOBS).await;
         wait_results(&stack, JOBS, Duration::from_secs(300)).await;
+        // One budget: the pool's drainSeconds is the workers' drain, plus the release margin
+        // the pods' grace period.
+        let shrink = qwp_e2e::wait::deployment(&env.client, &env.ns, "shrink").await.expect("the pool's Deployment");
+        let pod_spec = shrink.spec.and_then(|s| s.template.spec).expect("a pod template");
+        assert_eq!(pod_spec.termination_grace_period_seconds, Some(termination_grace_seconds(2)));
+        let drain: Vec<Option<String>> = pod_spec.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .filter(|var| var.name == WORKER_DRAIN_SECONDS)
+            .map(|var| var.value.clone())
+            .collect();
+        assert_eq!(drain, [Some("2".to_string())]);
         wait_drained(&stack, Duration::from_secs(60)).await;
         wait_replicas(&env, "shrink", 0, false, Duration::from_secs(60)).await;
         // Every pod gone, each removal seen; then every line those pods logged read, so the
