@@ -77,6 +77,15 @@ pub fn ensure_operator_installed() {
         args.push(set);
     }
     let started = std::time::Instant::now();
+    // helm installs a chart's crds/ only on first install and never upgrades them, so a
+    // cluster kept from an earlier run would validate pools against an old schema (and prune
+    // new fields). Apply them first, as docs/helm.md tells users to after a change of the types.
+    let crds = s.chart_dir().join("crds");
+    let crds = crds.to_str().expect("chart path is UTF-8");
+    cmd::must(
+        "kubectl",
+        &["apply", "--server-side", "--force-conflicts", "-f", crds],
+    );
     cmd::must("helm", &args);
     eprintln!(
         "[e2e] helm upgrade --install {} in {} took {:.1} s",
