@@ -10,7 +10,7 @@ use std::time::Duration;
 use qwp_api_server::settings::Settings;
 use qwp_api_server::{AppState, Listeners, serve};
 use qwp_jobs::hint::result_hint_url;
-use qwp_jobs::testing::{TestStack, TestStackOptions};
+use qwp_jobs::testing::{TestStack, TestStackOptions, wait_until};
 use qwp_jobs::{JobId, JobResult, keys};
 use qwp_worker::settings::ProcessorSettings;
 use reqwest::StatusCode;
@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Slower than any wait in these tests: only a hint can answer a waiter in time.
 const NEVER: Duration = Duration::from_secs(60);
+/// How long in-process state (counters, waiters) gets to change, and how often it is checked.
+const PATIENCE: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_millis(10);
 
 struct Server {
     base: String,
@@ -232,12 +235,10 @@ async fn a_lost_hint_leaves_the_result_to_polling() {
     assert_eq!(server.hints("woke") + server.hints("no_waiter"), 0);
     assert!(server.polls() >= 1);
     // The hint's own fate: it ends in a timeout (500 ms), never delivered.
-    for _ in 0..100 {
-        if worker_metrics.result_hints("failed") == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the lost hint to time out", PATIENCE, TICK, || async {
+        worker_metrics.result_hints("failed") == 1
+    })
+    .await;
     assert_eq!(worker_metrics.result_hints("failed"), 1);
     assert_eq!(worker_metrics.result_hints("sent"), 0);
     drop(black_hole);
@@ -279,12 +280,13 @@ async fn forged_hints_cost_a_read_and_never_give_a_wrong_result() {
             (response.status(), response.json::<Value>().await.unwrap())
         })
     };
-    for _ in 0..200 {
-        if server.state.waiter.waiters(&pending) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "the request to wait for its job",
+        PATIENCE,
+        TICK,
+        || async { server.state.waiter.waiters(&pending) == 1 },
+    )
+    .await;
     assert_eq!(server.state.waiter.waiters(&pending), 1);
     let polls_before = server.polls();
     // A hint naming the other (finished) job wakes nobody here.
@@ -293,12 +295,10 @@ async fn forged_hints_cost_a_read_and_never_give_a_wrong_result() {
     // A hint for the pending job wakes its waiter for exactly one read, which finds nothing.
     assert_eq!(server.hint(&pending).await, StatusCode::NO_CONTENT);
     assert_eq!(server.hints("woke"), 1);
-    for _ in 0..200 {
-        if server.polls() > polls_before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the woken waiter's read", PATIENCE, TICK, || async {
+        server.polls() > polls_before
+    })
+    .await;
     assert_eq!(server.polls(), polls_before + 1);
     let (status, body) = waiting.await.unwrap();
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");

@@ -280,3 +280,24 @@ async fn create_queue(
         .queue_url
         .expect("CreateQueue returns a URL")
 }
+
+/// Checks `condition` every `every` until it holds; panics naming `what` after `timeout`. For
+/// state that has no notification to wait on (counters, LocalStack's queue).
+pub async fn wait_until<F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut condition: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {timeout:?}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}

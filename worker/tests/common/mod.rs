@@ -234,19 +234,12 @@ pub async fn wait_for_empty_queue(stack: &TestStack) {
     .await;
 }
 
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gave up waiting for {what} after {PATIENCE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    qwp_jobs::testing::wait_until(what, PATIENCE, Duration::from_millis(200), condition).await;
 }
 
 /// Probes until it yields a value; panics after [`PATIENCE`].
