@@ -2,65 +2,23 @@
 //! `TestStack`), with the real qwp worker wherever a result is needed.
 //! LocalStack must be running (`hack/localstack/localstack.sh up`); tests fail otherwise.
 
-use std::net::SocketAddr;
+mod common;
+
+use common::{Server, checksum_of};
+
 use std::time::Duration;
 
-use qwp_api_server::settings::Settings;
-use qwp_api_server::{AppState, Listeners, serve};
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_jobs::{JobId, JobResult};
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
-
-struct Server {
-    base: String,
-    admin: String,
-    state: AppState,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
 
 impl Server {
     async fn start(stack: &TestStack) -> Server {
-        Self::start_with(stack, stack.clients.clone(), |_| {}).await
-    }
-
-    async fn start_with(
-        stack: &TestStack,
-        clients: qwp_jobs::aws::AwsClients,
-        tweak: impl FnOnce(&mut Settings),
-    ) -> Server {
-        let mut settings = Settings::with_config(stack.config.clone());
-        tweak(&mut settings);
-        let state = AppState::new(settings, clients);
-        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = public.local_addr().unwrap();
-        let admin_addr: SocketAddr = admin.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = Listeners {
-            public,
-            admin,
-            internal: TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
-        let task = tokio::spawn(serve(listeners, state.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            base: format!("http://{addr}"),
-            admin: format!("http://{admin_addr}"),
-            state,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            task,
-        }
+        Self::start_with(stack, stack.clients.clone(), |_| {}, |_| {}).await
     }
 
     fn url(&self, path: &str) -> String {
@@ -70,13 +28,6 @@ impl Server {
     /// The admin port: readiness and metrics.
     fn admin_url(&self, path: &str) -> String {
         format!("{}{path}", self.admin)
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.task.await.unwrap().unwrap();
     }
 }
 
@@ -97,14 +48,6 @@ fn start_worker(stack: &TestStack) -> CancellationToken {
     let token = CancellationToken::new();
     tokio::spawn(worker.run(token.clone()));
     token
-}
-
-fn checksum_of(data: &[u8]) -> Value {
-    let digest: String = Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    json!({ "bytes": data.len(), "sha256": digest })
 }
 
 async fn json_of(response: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, Value) {
@@ -406,8 +349,13 @@ async fn unknown_job_is_404_and_a_non_uuid_is_400() {
 #[tokio::test]
 async fn each_bad_input_class_is_rejected_and_nothing_is_stored() {
     let stack = TestStack::new("api-bad", TestStackOptions::default()).await;
-    let server =
-        Server::start_with(&stack, stack.clients.clone(), |s| s.config.max_file_mb = 1).await;
+    let server = Server::start_with(
+        &stack,
+        stack.clients.clone(),
+        |s| s.config.max_file_mb = 1,
+        |_| {},
+    )
+    .await;
     let limit = 1024 * 1024;
     let post = |path: &str| server.client.post(server.url(path));
 
@@ -605,7 +553,7 @@ async fn unreachable_sqs_is_503_and_leaves_no_input_behind() {
     let mut config = stack.config.clone();
     config.sqs_queue_url = Some("http://127.0.0.1:1/000000000000/nope".into());
     let mut stack_view = TestStack { config, ..stack };
-    let server = Server::start_with(&stack_view, clients, |_| {}).await;
+    let server = Server::start_with(&stack_view, clients, |_| {}, |_| {}).await;
 
     let form = Form::new().part(
         "inputFile",
@@ -678,7 +626,7 @@ async fn unreachable_s3_is_503_and_queues_nothing() {
     .await;
     let mut clients = stack.clients.clone();
     clients.s3 = qwp_jobs::aws::s3_client(&dead, true);
-    let server = Server::start_with(&stack, clients, |_| {}).await;
+    let server = Server::start_with(&stack, clients, |_| {}, |_| {}).await;
 
     let response = server
         .client

@@ -3,22 +3,21 @@
 //! can answer in time), a lost hint leaves the poll to find the result, forged hints never
 //! produce a wrong result, and a cached result is served without S3.
 
-use std::net::SocketAddr;
+mod common;
+
+use common::{Server, checksum_of};
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use qwp_api_server::AppState;
 use qwp_api_server::settings::Settings;
-use qwp_api_server::{AppState, Listeners, serve};
 use qwp_jobs::hint::result_hint_url;
 use qwp_jobs::testing::{TestStack, TestStackOptions, wait_until};
 use qwp_jobs::{JobId, JobResult, keys};
 use qwp_worker::settings::ProcessorSettings;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Slower than any wait in these tests: only a hint can answer a waiter in time.
@@ -27,15 +26,6 @@ const NEVER: Duration = Duration::from_secs(60);
 const PATIENCE: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(10);
 
-struct Server {
-    base: String,
-    internal: SocketAddr,
-    state: AppState,
-    client: reqwest::Client,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
-}
-
 impl Server {
     /// `reply_to`: an address to advertise instead of the internal port (a lost hint).
     async fn start(
@@ -43,34 +33,12 @@ impl Server {
         tweak: impl FnOnce(&mut Settings),
         reply_to: Option<String>,
     ) -> Server {
-        let mut settings = Settings::with_config(stack.config.clone());
-        tweak(&mut settings);
-        let state = AppState::new(settings, stack.clients.clone());
-        if let Some(reply_to) = reply_to {
-            state.reply_to.set(reply_to).unwrap();
-        }
-        let public = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let internal = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", public.local_addr().unwrap());
-        let internal_addr = internal.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let listeners = Listeners {
-            public,
-            admin,
-            internal,
-        };
-        let task = tokio::spawn(serve(listeners, state.clone(), async move {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            internal: internal_addr,
-            state,
-            client: reqwest::Client::new(),
-            stop: Some(stop),
-            task,
-        }
+        Self::start_with(stack, stack.clients.clone(), tweak, |state| {
+            if let Some(reply_to) = reply_to {
+                state.reply_to.set(reply_to).unwrap();
+            }
+        })
+        .await
     }
 
     async fn submit(&self, data: &[u8], wait: u64) -> (StatusCode, Value) {
@@ -113,11 +81,6 @@ impl Server {
     fn polls(&self) -> u64 {
         metric(&self.state, "qwp_api_result_polls_total")
     }
-
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
-    }
 }
 
 /// One sample of the server's own Prometheus text (0 while the series does not exist).
@@ -157,10 +120,6 @@ fn start_worker_with(
     let token = CancellationToken::new();
     tokio::spawn(worker.run(token.clone()));
     (token, metrics)
-}
-
-fn checksum_of(data: &[u8]) -> Value {
-    json!({ "bytes": data.len(), "sha256": format!("{:x}", Sha256::digest(data)) })
 }
 
 async fn stack(prefix: &str) -> TestStack {

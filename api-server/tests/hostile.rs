@@ -4,6 +4,10 @@
 //! seen through. Faults are injected by `FaultProxy`, an HTTP proxy in front of
 //! LocalStack that can hold or fail chosen AWS calls.
 
+mod common;
+
+use common::checksum_of;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +22,6 @@ use qwp_jobs::aws::AwsClients;
 use qwp_jobs::testing::{TestStack, TestStackOptions};
 use qwp_jobs::{JobId, JobResult};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
@@ -375,14 +378,6 @@ fn start_worker(stack: &TestStack) -> CancellationToken {
     let token = CancellationToken::new();
     tokio::spawn(worker.run(token.clone()));
     token
-}
-
-fn checksum_of(data: &[u8]) -> Value {
-    let digest: String = Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    json!({ "bytes": data.len(), "sha256": digest })
 }
 
 async fn json_of(response: reqwest::Response) -> (StatusCode, reqwest::header::HeaderMap, Value) {
