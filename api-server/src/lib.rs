@@ -74,12 +74,12 @@ pub struct AppState {
 impl AppState {
     pub fn new(settings: Settings, clients: AwsClients) -> Self {
         let clients = store::with_timeouts(clients, settings.store_timeout);
-        let store = JobStore::new(settings.config.clone(), clients);
         let metrics = Arc::new(Metrics::default());
+        let store = JobStore::new(settings.config.clone(), clients, metrics.aws_calls.clone());
         let operator_wake = settings
             .operator_wake_address
             .clone()
-            .map(|address| Arc::new(wake::OperatorWake::new(address, metrics.clone())));
+            .map(|address| Arc::new(wake::OperatorWake::new(&address, metrics.clone())));
         let finished = Arc::new(FinishedResults::new(
             settings.result_cache_bytes,
             metrics.clone(),

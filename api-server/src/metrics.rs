@@ -45,10 +45,25 @@ pub struct DependencyLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    pub call: &'static str,
+}
+
+/// Durations of the server's own S3 and SQS calls by call (all attempts together): where a
+/// request's time goes (docs/benchmarks.md's latency breakdown).
+pub type CallHistograms = Family<CallLabels, Histogram, fn() -> Histogram>;
+
+fn call_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s: LocalStack answers in a few ms, a stalled dependency in seconds.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: HistogramFamily,
+    pub aws_calls: CallHistograms,
     pub jobs_accepted: Counter,
     pub wait_timeouts: Counter,
     pub result_polls: Counter,
@@ -87,6 +102,12 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("qwp_api");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = HistogramFamily::new_with_constructor(latency_histogram);
+        let aws_calls = CallHistograms::new_with_constructor(call_histogram);
+        registry.register(
+            "aws_call_duration_seconds",
+            "The server's own S3 and SQS calls, by call (all attempts together)",
+            aws_calls.clone(),
+        );
         let jobs_accepted = Counter::default();
         let wait_timeouts = Counter::default();
         let result_polls = Counter::default();
@@ -217,6 +238,7 @@ impl Default for Metrics {
             dependency_up,
             requests,
             latency,
+            aws_calls,
             jobs_accepted,
             wait_timeouts,
             result_polls,

@@ -62,7 +62,8 @@ pub struct Settings {
     /// `RESULT_CACHE_MB`: finished results kept in memory (0 turns the cache off).
     pub result_cache_bytes: u64,
     /// `OPERATOR_WAKE_ADDRESS`: `host:port` of the operator's admin port for wake-up hints
-    /// on enqueue; unset turns them off.
+    /// on enqueue, or several comma-separated (the replicas' pod IPs without cluster DNS);
+    /// unset turns them off.
     pub operator_wake_address: Option<String>,
 }
 

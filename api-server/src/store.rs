@@ -11,8 +11,12 @@ use qwp_jobs::hint::REPLY_TO_ATTRIBUTE;
 use qwp_jobs::{Config, JobId, JobMessage, JobResult, keys};
 use qwp_runtime::aws_error::is_not_found;
 use std::collections::{HashSet, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::OnceCell;
+
+use crate::metrics::{CallHistograms, CallLabels};
 
 /// Result documents larger than this are not a worker's honest output; refuse to load them.
 const MAX_RESULT_BYTES: i64 = 16 * 1024 * 1024;
@@ -72,12 +76,15 @@ pub struct JobStore {
     /// Resolved on first use, so the server starts (and reports not-ready) while SQS is down.
     queue_url: Arc<OnceCell<String>>,
     known: Arc<Mutex<KnownJobs>>,
+    /// How long each S3 and SQS call took (`qwp_api_aws_call_duration_seconds`).
+    calls: CallHistograms,
 }
 
 impl JobStore {
-    pub fn new(config: Config, clients: AwsClients) -> Self {
+    pub fn new(config: Config, clients: AwsClients, calls: CallHistograms) -> Self {
         JobStore {
             clients,
+            calls,
             config: Arc::new(config),
             queue_url: Arc::new(OnceCell::new()),
             known: Arc::new(Mutex::new(KnownJobs {
@@ -85,6 +92,16 @@ impl JobStore {
                 order: VecDeque::new(),
             })),
         }
+    }
+
+    /// Runs one S3 or SQS call, recording its duration under `call`.
+    async fn timed<T>(&self, call: &'static str, request: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let answer = request.await;
+        self.calls
+            .get_or_create(&CallLabels { call })
+            .observe(started.elapsed().as_secs_f64());
+        answer
     }
 
     pub fn input_bucket(&self) -> &str {
@@ -108,14 +125,16 @@ impl JobStore {
     }
 
     pub async fn put_input(&self, message: &JobMessage, bytes: Bytes) -> Result<(), StoreError> {
-        self.clients
+        let put = self
+            .clients
             .s3
             .put_object()
             .bucket(self.input_bucket())
             .key(message.input_key())
             .content_length(bytes.len() as i64)
             .body(ByteStream::from(bytes))
-            .send()
+            .send();
+        self.timed("s3_put_input", put)
             .await
             .map_err(|e| StoreError::from_sdk("PutObject input", e))?;
         self.remember(message.job_id);
@@ -123,12 +142,14 @@ impl JobStore {
     }
 
     pub async fn delete_input(&self, message: &JobMessage) -> Result<(), StoreError> {
-        self.clients
+        let delete = self
+            .clients
             .s3
             .delete_object()
             .bucket(self.input_bucket())
             .key(message.input_key())
-            .send()
+            .send();
+        self.timed("s3_delete_input", delete)
             .await
             .map_err(|e| StoreError::from_sdk("DeleteObject input", e))?;
         self.known
@@ -173,7 +194,7 @@ impl JobStore {
                 .map_err(|e| StoreError(format!("message attribute: {e}")))?;
             send = send.message_attributes(REPLY_TO_ATTRIBUTE, attribute);
         }
-        send.send()
+        self.timed("sqs_send_message", send.send())
             .await
             .map_err(|e| StoreError(format!("SendMessage: {}", DisplayErrorContext(e))))?;
         Ok(())
@@ -181,14 +202,14 @@ impl JobStore {
 
     /// One read of the job's result document: `None` while there is none.
     pub async fn fetch_result(&self, job_id: &JobId) -> Result<Option<JobResult>, FetchError> {
-        let response = self
+        let get = self
             .clients
             .s3
             .get_object()
             .bucket(self.output_bucket())
             .key(keys::output_key(job_id))
-            .send()
-            .await;
+            .send();
+        let response = self.timed("s3_get_result", get).await;
         let object = match response {
             Ok(object) => object,
             Err(err) if is_not_found(&err) => return Ok(None),
@@ -231,14 +252,16 @@ impl JobStore {
         {
             return Ok(true);
         }
-        let listing = self
+        let list = self
             .clients
             .s3
             .list_objects_v2()
             .bucket(self.input_bucket())
             .prefix(format!("{job_id}_"))
             .max_keys(1)
-            .send()
+            .send();
+        let listing = self
+            .timed("s3_list_input", list)
             .await
             .map_err(|e| StoreError::from_sdk("ListObjectsV2 input", e))?;
         let exists = listing.key_count.unwrap_or(0) > 0 || !listing.contents().is_empty();

@@ -8,6 +8,9 @@
 //! hint; a standby answers 503 and only the leader reconciles, so the hint reaches the
 //! leader without the API server knowing which replica leads. The hint never scales by
 //! itself: the operator's reconcile reads the queue as on any poll.
+//!
+//! `OPERATOR_WAKE_ADDRESS` may also list several `host:port`s, comma-separated, for a cluster
+//! without DNS (the operator replicas' pod IPs): every address of every entry gets the hint.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +26,8 @@ pub const WAKE_DEBOUNCE: Duration = Duration::from_secs(1);
 const WAKE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct OperatorWake {
-    /// `host:port` of the operator's admin port (`OPERATOR_WAKE_ADDRESS`).
-    address: String,
+    /// `host:port`s of the operator's admin port (`OPERATOR_WAKE_ADDRESS`, comma-separated).
+    addresses: Vec<String>,
     client: reqwest::Client,
     metrics: Arc<Metrics>,
     started: Instant,
@@ -33,7 +36,8 @@ pub struct OperatorWake {
 }
 
 impl OperatorWake {
-    pub fn new(address: String, metrics: Arc<Metrics>) -> Self {
+    /// `address`: one `host:port` or several, comma-separated (blank entries are ignored).
+    pub fn new(address: &str, metrics: Arc<Metrics>) -> Self {
         let client = reqwest::Client::builder()
             .timeout(WAKE_TIMEOUT)
             .connect_timeout(WAKE_TIMEOUT)
@@ -42,7 +46,12 @@ impl OperatorWake {
             .build()
             .expect("a plain HTTP client builds");
         OperatorWake {
-            address,
+            addresses: address
+                .split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .map(str::to_string)
+                .collect(),
             client,
             metrics,
             started: Instant::now(),
@@ -75,14 +84,26 @@ impl OperatorWake {
     }
 
     async fn send(&self, queue: &str) {
-        let replicas = match tokio::net::lookup_host(self.address.as_str()).await {
-            Ok(addresses) => addresses.collect::<Vec<_>>(),
-            Err(err) => {
-                tracing::debug!(address = %self.address, error = %err, "operator address does not resolve");
-                self.count("unresolved");
-                return;
+        let lookups = self.addresses.iter().map(|address| async move {
+            match tokio::net::lookup_host(address.as_str()).await {
+                Ok(resolved) => resolved.collect::<Vec<_>>(),
+                Err(err) => {
+                    tracing::debug!(%address, error = %err, "operator address does not resolve");
+                    Vec::new()
+                }
             }
-        };
+        });
+        let mut replicas: Vec<_> = futures::future::join_all(lookups)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        replicas.sort();
+        replicas.dedup();
+        if replicas.is_empty() {
+            self.count("unresolved");
+            return;
+        }
         let sends = replicas.into_iter().map(|replica| {
             let request = self
                 .client

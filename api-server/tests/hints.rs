@@ -331,3 +331,111 @@ async fn with_the_cache_off_every_status_read_goes_to_s3() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     server.shutdown().await;
 }
+
+/// A fake operator replica: records the queue of every wake-up hint and answers `status`
+/// (202 as the leader, 503 as a standby).
+async fn fake_operator(
+    status: StatusCode,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use axum::extract::{Query, State};
+    use std::collections::HashMap;
+    let (seen, received) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let app = axum::Router::new()
+        .route(
+            qwp_pool::contract::WAKE_PATH,
+            axum::routing::post(
+                move |State(seen): State<tokio::sync::mpsc::UnboundedSender<String>>,
+                      Query(query): Query<HashMap<String, String>>| async move {
+                    let queue = query
+                        .get(qwp_pool::contract::WAKE_QUEUE_PARAM)
+                        .cloned()
+                        .unwrap_or_default();
+                    let _ = seen.send(queue);
+                    status
+                },
+            ),
+        )
+        .with_state(seen);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, received)
+}
+
+#[tokio::test]
+async fn a_queued_job_wakes_every_listed_operator_replica_at_most_once_a_second() {
+    let stack = stack("operator-wake").await;
+    let (standby, mut standby_seen) = fake_operator(StatusCode::SERVICE_UNAVAILABLE).await;
+    let (leader, mut leader_seen) = fake_operator(StatusCode::ACCEPTED).await;
+    let server = Server::start(
+        &stack,
+        |s| s.operator_wake_address = Some(format!("{standby}, {leader}")),
+        None,
+    )
+    .await;
+    let wakes = |outcome: &str| {
+        metric(
+            &server.state,
+            &format!("qwp_api_operator_wakes_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+
+    let started = std::time::Instant::now();
+    let (status, body) = server.submit(b"first", 0).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // Both replicas are asked (the API server does not know which one leads), with the
+    // queue's name; the leader's 202 makes the hint `sent`.
+    let queue = stack.config.sqs_req_queue_name.clone();
+    for seen in [&mut standby_seen, &mut leader_seen] {
+        let hint = tokio::time::timeout(PATIENCE, seen.recv()).await;
+        assert_eq!(
+            hint.ok().flatten(),
+            Some(queue.clone()),
+            "a replica got no hint"
+        );
+    }
+    wait_until(
+        "the leader's hint counted as sent",
+        PATIENCE,
+        TICK,
+        || async { wakes("sent") == 1 },
+    )
+    .await;
+
+    // More jobs right after: debounced, at most one hint per second in all.
+    const MORE: u64 = 5;
+    for i in 0..MORE {
+        let (status, body) = server.submit(format!("job {i}").as_bytes(), 0).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    }
+    let seconds = started.elapsed().as_secs();
+    wait_until(
+        "every acceptance's hint counted",
+        PATIENCE,
+        TICK,
+        || async { wakes("sent") + wakes("not_taken") + wakes("debounced") == 1 + MORE },
+    )
+    .await;
+    assert!(
+        wakes("sent") + wakes("not_taken") <= 1 + seconds,
+        "{} hints in {seconds} s",
+        wakes("sent") + wakes("not_taken")
+    );
+    assert!(
+        wakes("debounced") >= MORE.saturating_sub(seconds),
+        "too few debounced"
+    );
+    let mut leader_hints = 1;
+    while leader_seen.try_recv().is_ok() {
+        leader_hints += 1;
+    }
+    assert_eq!(
+        leader_hints,
+        wakes("sent"),
+        "a hint the leader took was not counted"
+    );
+    server.shutdown().await;
+}

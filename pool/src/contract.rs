@@ -75,8 +75,9 @@ pub const DEFAULT_OPERATOR_ADMIN_PORT: u16 = 8080;
 /// The query parameter of [`WAKE_PATH`].
 pub const WAKE_QUEUE_PARAM: &str = "queue";
 /// The API server's setting: `host:port` of the operator's admin port (the chart's headless
-/// Service, so every replica's address resolves and the hint reaches the leader); unset
-/// turns the wake-up off.
+/// Service, so every replica's address resolves and the hint reaches the leader), or several
+/// comma-separated (the replicas' pod IPs, where there is no cluster DNS); unset turns the
+/// wake-up off.
 pub const OPERATOR_WAKE_ADDRESS_ENV: &str = "OPERATOR_WAKE_ADDRESS";
 
 /// The name a queue URL ends with (`https://sqs…/123/jobs` → `jobs`), or the name itself.

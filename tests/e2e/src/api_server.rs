@@ -13,6 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::cmd;
 use crate::harness::TestEnv;
+use crate::install::operator_wake_address;
 use crate::pool::AWS_SECRET;
 use crate::settings::Settings;
 
@@ -41,9 +42,10 @@ pub async fn install_with(env: &TestEnv, stack: &TestStack, extra: &[&str]) -> A
         "operator.enabled=false".to_string(),
         "apiServer.enabled=true".to_string(),
         "apiServer.logLevel=warn".to_string(),
+        // helm's --set splits values on commas: escape the list's.
         format!(
             "apiServer.operatorWakeAddress={}",
-            s.operator_wake_address()
+            operator_wake_address(&env.client).await.replace(',', "\\,")
         ),
         format!("image.tag={}", s.image_tag),
         format!("image.registry={}", s.image_registry),
@@ -181,4 +183,49 @@ impl ApiServer {
             .and_then(|id| id.parse::<JobId>().ok())
             .ok_or_else(|| format!("answer has no job_id: {text}"))
     }
+}
+
+/// The Prometheus text of every API server pod of the test (their `admin` container port,
+/// which the Service does not expose; the host routes pod IPs on the local cluster),
+/// concatenated; `Err` naming what could not be read.
+pub async fn scrape_metrics(env: &TestEnv) -> Result<String, String> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+    let selector =
+        format!("app.kubernetes.io/name=qwp-api-server,app.kubernetes.io/instance={RELEASE}");
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| format!("list the API server pods: {e}"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let mut text = String::new();
+    for pod in list.items {
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let admin = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some("admin"))
+            .map(|p| p.container_port);
+        let (Some(ip), Some(port)) = (ip, admin) else {
+            return Err("an API server pod without an IP or admin port".into());
+        };
+        let url = format!("http://{ip}:{port}/metrics");
+        let body = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .text()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        text.push_str(&body);
+    }
+    Ok(text)
 }

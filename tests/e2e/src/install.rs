@@ -3,14 +3,46 @@
 
 use std::sync::Mutex;
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, ListParams};
+
 use crate::cmd;
 use crate::settings::Settings;
+
+/// The label selector of the operator's pods.
+pub const OPERATOR_PODS: &str = "app.kubernetes.io/name=qwp-operator";
 
 static INSTALLED: Mutex<bool> = Mutex::new(false);
 
 /// The Lease the operator replicas elect their leader on (named like the operator Deployment).
 pub fn operator_lease_name() -> String {
     Settings::get().operator_deployment()
+}
+
+/// Where an API server of the suite sends wake-up hints (`OPERATOR_WAKE_ADDRESS`): the
+/// running operator pods' IPs on the admin port, comma-separated, since the local cluster has
+/// no DNS for the chart's headless Service; that Service's name when no pod has an IP yet.
+/// A replica restarted later (tests 5 and 9) gets a new IP: hints to it are lost and the
+/// queue poll takes over, as for any lost hint.
+pub async fn operator_wake_address(client: &Client) -> String {
+    let s = Settings::get();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &s.operator_namespace);
+    let port = qwp_pool::contract::DEFAULT_OPERATOR_ADMIN_PORT;
+    let addresses: Vec<String> = pods
+        .list(&ListParams::default().labels(OPERATOR_PODS))
+        .await
+        .map(|list| list.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|pod| pod.status?.pod_ip)
+        .map(|ip| format!("{ip}:{port}"))
+        .collect();
+    if addresses.is_empty() {
+        s.operator_wake_service()
+    } else {
+        addresses.join(",")
+    }
 }
 
 /// `scheme://host:*` of `endpoint`: the allowlist entry for every port of that host.

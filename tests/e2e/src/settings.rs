@@ -79,10 +79,9 @@ impl Settings {
         format!("{}{name}:{}", self.image_registry, self.image_tag)
     }
 
-    /// The operator Deployment's name as the chart spells it.
-    /// The installed operator's wake-up endpoint (its release's headless Service), for an
-    /// API server installed as a release of its own.
-    pub fn operator_wake_address(&self) -> String {
+    /// The installed operator's wake-up endpoint by name (its release's headless Service),
+    /// for clusters with DNS.
+    pub fn operator_wake_service(&self) -> String {
         format!(
             "{}-wake.{}.svc:{}",
             self.operator_deployment(),
@@ -91,6 +90,7 @@ impl Settings {
         )
     }
 
+    /// The operator Deployment's name as the chart spells it.
     pub fn operator_deployment(&self) -> String {
         if self.release.contains("qwp") {
             format!("{}-operator", self.release)

@@ -15,7 +15,7 @@ use kube::runtime::WatchStreamExt;
 use kube::{Client, ResourceExt};
 use qwp_e2e::api_server;
 use qwp_e2e::cmd;
-use qwp_e2e::install::{ensure_operator_installed, operator_lease_name};
+use qwp_e2e::install::{OPERATOR_PODS, ensure_operator_installed, operator_lease_name};
 use qwp_e2e::jobs::{assert_all_done, result_keys, submit_direct};
 use qwp_e2e::logs::{handed_back_jobs, redelivered_jobs};
 use qwp_e2e::pool::{PoolOptions, create_aws_secret, create_pool, pool_object};
@@ -598,7 +598,7 @@ async fn t5b_operator_restart_mid_burst_resumes_without_thrashing() {
         wait_replicas(&env, "restart", 6, false, Duration::from_secs(90)).await;
 
         let operator_pods: Api<Pod> = Api::namespaced(env.client.clone(), &s.operator_namespace);
-        let selector = "app.kubernetes.io/name=qwp-operator";
+        let selector = OPERATOR_PODS;
         // The replica that acts: the Lease's holder (a graceful delete hands over at once).
         let old = operator_leader(&env.client).await.1.expect("an operator leads");
         let restarted_at = started.elapsed().as_secs_f64();
@@ -990,7 +990,7 @@ async fn t8_face_pool_names_the_person_in_a_posted_photo() {
 async fn operator_leader(client: &Client) -> (Vec<Pod>, Option<String>) {
     let s = Settings::get();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &s.operator_namespace);
-    let selector = "app.kubernetes.io/name=qwp-operator";
+    let selector = OPERATOR_PODS;
     let list = pods
         .list(&ListParams::default().labels(selector))
         .await
@@ -1319,6 +1319,57 @@ async fn t13_a_pod_whose_status_times_out_is_not_removed_before_idle_ones() {
         assert_eq!(kept, vec![frozen.clone()], "the silent pod is kept, the idle ones go");
         let first_two: Vec<&Removal> = removals.iter().take(2).collect();
         assert!(first_two.iter().all(|r| r.pod != frozen && r.cost == 0), "{first_two:?}");
+    })
+    .await;
+}
+
+/// 14. Wake-up on enqueue: a pool at zero that reads its queue only every 300 s gets a worker
+/// within seconds of a job submitted through the API server, because the API server's hint
+/// made the operator reconcile it (with a fresh queue read) at once; the job then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t14_a_job_through_the_api_server_wakes_a_pool_at_zero_before_its_next_poll() {
+    const POLL_SECONDS: i32 = 300;
+    /// Far below the poll interval: only the hint can scale the pool this soon.
+    const WAKE_WITHIN: Duration = Duration::from_secs(30);
+    ensure_operator_installed();
+    with_temp_ns("t14_wake", |env| async move {
+        let stack = stack("e2e-wake", 30).await;
+        create_aws_secret(&env.client, &env.ns).await;
+        let mut options = PoolOptions::new("wake");
+        options.poll_interval_seconds = POLL_SECONDS;
+        let created = Instant::now();
+        create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
+        // The first reconcile read the (empty) queue: the next poll is POLL_SECONDS away.
+        until("the pool's first reconcile", Duration::from_secs(60), HALF_SECOND, || async {
+            match pool_status(&env.client, &env.ns, "wake").await {
+                Some(status) if status.backlog.is_some() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        let api = api_server::install(&env, &stack).await;
+        let scaled = tokio::spawn(first_matching(
+            "spec.replicas 1",
+            WAKE_WITHIN,
+            replica_changes(&env.client, &env.ns, "wake"),
+            |replicas| *replicas >= 1,
+        ));
+        let submitted = Instant::now();
+        assert!(
+            submitted.duration_since(created) + WAKE_WITHIN < Duration::from_secs(POLL_SECONDS as u64),
+            "the setup took too long for the poll interval to rule out a poll"
+        );
+        let response = reqwest::Client::new()
+            .post(format!("{}/jobs?filename=wake.txt&wait=0", api.base_url))
+            .body("wake up")
+            .send()
+            .await
+            .expect("POST /jobs");
+        assert_eq!(response.status(), 202);
+        scaled.await.expect("the replica watch");
+        let woken_after = submitted.elapsed();
+        wait_results(&stack, 1, Duration::from_secs(120)).await;
+        eprintln!("[e2e] wake: spec.replicas 1 written {woken_after:?} after the submission (poll interval {POLL_SECONDS} s)");
     })
     .await;
 }

@@ -419,6 +419,8 @@ async fn spawn_first_scale_watch(
 
 struct FlashSale {
     oha: OhaRun,
+    /// Where the API server's time went during the sale (its own histograms).
+    breakdown: Breakdown,
     accepted: u64,
     /// visible, and visible + in flight.
     peak_visible: u64,
@@ -490,7 +492,15 @@ async fn flash_sale(
         "[seed] flash sale: {} clients for {} s, POST /jobs?wait=0",
         bench.flash_clients, bench.flash_seconds
     );
+    let metrics_before = api_server::scrape_metrics(env).await;
     let run = oha(bench, &args).await;
+    let breakdown = match (metrics_before, api_server::scrape_metrics(env).await) {
+        (Ok(before), Ok(after)) => Breakdown::between(&before, &after),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("[seed] no latency breakdown: {e}");
+            Breakdown::default()
+        }
+    };
     let accepted = run.count("202");
     eprintln!(
         "[seed] flash sale: {accepted} accepted in {:.1} s ({:.1}/s), p50 {:.0} ms, p99 {:.0} ms, \
@@ -616,6 +626,7 @@ async fn flash_sale(
         .map(|w| w[0].pods as f64 * (w[1].sample.t - w[0].sample.t))
         .sum();
     let flash = FlashSale {
+        breakdown,
         accepted,
         peak_visible: samples.iter().map(|s| s.visible).max().unwrap_or(0),
         peak_backlog: samples
@@ -987,6 +998,13 @@ fn report_table(
         "—",
         format!("{} / {}", flash.results_done, flash.accepted),
     );
+    for (what, latency) in &flash.breakdown.rows {
+        row(
+            &format!("API server's own time: {what} (mean / p50 / p99)"),
+            "—",
+            latency.to_string(),
+        );
+    }
     let u = &upload.oha;
     row(
         "**Upload → result** (seed 000)",
@@ -1044,4 +1062,132 @@ fn report_table(
         status.unexpected("200").to_string(),
     );
     format!("| metric | seed | here |\n|---|---|---|\n{t}")
+}
+
+/// Mean and quantiles of one histogram series over an interval.
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    mean_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} / {:.1} / {:.1} ms",
+            self.mean_ms, self.p50_ms, self.p99_ms
+        )
+    }
+}
+
+/// The flash sale seen from inside the API server: `POST /jobs` as the server timed it, and
+/// the S3 and SQS calls each acceptance makes (`qwp_api_aws_call_duration_seconds`), from
+/// two scrapes of its metrics around the run. Quantiles are interpolated within the
+/// histograms' power-of-two buckets, so they are estimates.
+#[derive(Debug, Default)]
+struct Breakdown {
+    rows: Vec<(&'static str, Latency)>,
+}
+
+impl Breakdown {
+    fn between(before: &str, after: &str) -> Self {
+        let series: [(&'static str, &str, &str); 3] = [
+            (
+                "POST /jobs, request in → answer out",
+                "qwp_api_http_request_duration_seconds",
+                r#"route="/jobs""#,
+            ),
+            (
+                "S3 PutObject (input)",
+                "qwp_api_aws_call_duration_seconds",
+                r#"call="s3_put_input""#,
+            ),
+            (
+                "SQS SendMessage",
+                "qwp_api_aws_call_duration_seconds",
+                r#"call="sqs_send_message""#,
+            ),
+        ];
+        let rows = series
+            .into_iter()
+            .filter_map(|(what, name, labels)| {
+                histogram_delta(before, after, name, labels).map(|latency| (what, latency))
+            })
+            .collect();
+        Breakdown { rows }
+    }
+}
+
+/// The samples of `name{labels...} value` lines in Prometheus text: the labels after
+/// `labels` (e.g. `,le="0.001"}`) and the value.
+fn sample_lines<'a>(text: &'a str, name: &str, labels: &str) -> Vec<(&'a str, f64)> {
+    let prefix = format!("{name}{{{labels}");
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(&prefix)?;
+            let (more_labels, value) = rest.rsplit_once(' ')?;
+            Some((more_labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The interval's mean and p50/p99 of a histogram from two scrapes; `None` without samples.
+fn histogram_delta(before: &str, after: &str, name: &str, labels: &str) -> Option<Latency> {
+    let total = |text: &str, suffix: &str| {
+        sample_lines(text, &format!("{name}_{suffix}"), labels)
+            .first()
+            .map_or(0.0, |(_, v)| *v)
+    };
+    let count = total(after, "count") - total(before, "count");
+    if count <= 0.0 {
+        return None;
+    }
+    let mean = (total(after, "sum") - total(before, "sum")) / count;
+    let cumulative = |text: &str| -> Vec<(f64, f64)> {
+        sample_lines(text, &format!("{name}_bucket"), labels)
+            .into_iter()
+            .filter_map(|(more, v)| {
+                let le = more.split("le=\"").nth(1)?.split('"').next()?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, v))
+            })
+            .collect()
+    };
+    let earlier = cumulative(before);
+    let buckets: Vec<(f64, f64)> = cumulative(after)
+        .into_iter()
+        .map(|(le, v)| {
+            let was = earlier
+                .iter()
+                .find(|(l, _)| *l == le)
+                .map_or(0.0, |(_, v)| *v);
+            (le, v - was)
+        })
+        .collect();
+    let quantile = |q: f64| {
+        let rank = q * count;
+        let mut lower = (0.0, 0.0);
+        for &(le, cumulative) in &buckets {
+            if cumulative >= rank {
+                if le.is_infinite() {
+                    return lower.0;
+                }
+                let share = (rank - lower.1) / (cumulative - lower.1).max(f64::MIN_POSITIVE);
+                return lower.0 + (le - lower.0) * share;
+            }
+            lower = (le, cumulative);
+        }
+        lower.0
+    };
+    Some(Latency {
+        mean_ms: mean * 1e3,
+        p50_ms: quantile(0.5) * 1e3,
+        p99_ms: quantile(0.99) * 1e3,
+    })
 }
