@@ -33,11 +33,11 @@ command -v jq >/dev/null || { echo "jq is required" >&2; exit 1; }
 
 if [[ "$PROFILE" == release ]]; then
     cargo build --release -j2 -p qwp-api-server --bin qwp-api-server --example raw_localstack >&2
-    cargo build --release -j2 -p qwp-worker --bin qwp-worker >&2
+    cargo build --release -j2 -p qwp-worker --no-default-features --bin qwp-worker >&2
     DIR=release
 else
     cargo build -p qwp-api-server --bin qwp-api-server --example raw_localstack >&2
-    cargo build -p qwp-worker --bin qwp-worker >&2
+    cargo build -p qwp-worker --no-default-features --bin qwp-worker >&2
     DIR=debug
 fi
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/$DIR"

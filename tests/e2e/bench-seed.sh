@@ -19,7 +19,9 @@ cargo="${CARGO:-cargo}"
 jobs="${CARGO_BUILD_JOBS:-2}"
 export SEED_IMAGE_TAG="${SEED_IMAGE_TAG:-bench}"
 
-"$cargo" build --release -j "$jobs" -p qwp-api-server -p qwp-worker
+# The workloads run the sleep and checksum processors: the worker is built without the face
+# processor (no tract to compile in release mode).
+"$cargo" build --release -j "$jobs" -p qwp-api-server -p qwp-worker --no-default-features
 mkdir -p .cache/bench-images
 for name in qwp-api-server qwp-worker; do
   hack/cluster/build-image.sh "target/release/$name" "$name:$SEED_IMAGE_TAG" ".cache/bench-images/$name.tar"
