@@ -1,4 +1,4 @@
-//! One message, start to finish: decode → result already there? → fetch input →
+//! One message, start to finish: decode → result already there (redeliveries)? → fetch input →
 //! process (under a visibility heartbeat) → store result → delete the message.
 //! The message is deleted only after its result is stored.
 
@@ -131,7 +131,8 @@ async fn settle(ctx: &JobContext, msg: &Received, job: &JobMessage) -> Outcome {
     let started = Instant::now();
     info!("job started");
     let lost = CancellationToken::new();
-    let attempt = with_heartbeat(ctx, msg, &lost, attempt(ctx, job, &lost)).await;
+    let attempt =
+        with_heartbeat(ctx, msg, &lost, attempt(ctx, job, msg.receive_count, &lost)).await;
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let outcome = match attempt {
         Ok(Settled::AlreadyDone) => {
@@ -261,12 +262,13 @@ enum Produced {
 async fn attempt(
     ctx: &JobContext,
     job: &JobMessage,
+    receive_count: u32,
     lost: &CancellationToken,
 ) -> Result<Settled, AttemptError> {
     let produced = tokio::select! {
         biased;
         _ = lost.cancelled() => return Err(AttemptError::Lost),
-        produced = AssertUnwindSafe(produce(ctx, job)).catch_unwind() => produced,
+        produced = AssertUnwindSafe(produce(ctx, job, receive_count)).catch_unwind() => produced,
     };
     let result = match produced {
         Ok(Ok(Produced::AlreadyDone)) => return Ok(Settled::AlreadyDone),
@@ -293,13 +295,29 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// Looks for a stored result, fetches the input and runs the processor; `Err` is the reason
-/// to retry.
-async fn produce(ctx: &JobContext, job: &JobMessage) -> Result<Produced, String> {
-    // Both lookups at once: one round trip less per job. A stored result wins
-    // over whatever the input fetch found (the input may be gone by now).
-    let (exists, input) =
-        tokio::join!(ctx.storage.result_exists(job), ctx.storage.fetch_input(job));
+/// Looks for a stored result (on a redelivery), fetches the input and runs the processor;
+/// `Err` is the reason to retry.
+async fn produce(
+    ctx: &JobContext,
+    job: &JobMessage,
+    receive_count: u32,
+) -> Result<Produced, String> {
+    // Only a redelivery can find its result stored (an earlier attempt finished but its
+    // delete was lost): a first delivery skips the lookup, one S3 request less per job. A
+    // duplicate first delivery then runs again, and its conditional write keeps the result
+    // stored first. Both lookups at once: one round trip less; a stored result wins over
+    // whatever the input fetch found (the input may be gone by now).
+    let redelivered = receive_count > 1;
+    let (exists, input) = tokio::join!(
+        async {
+            if redelivered {
+                ctx.storage.result_exists(job).await
+            } else {
+                Ok(false)
+            }
+        },
+        ctx.storage.fetch_input(job)
+    );
     if exists.map_err(|e| e.to_string())? {
         return Ok(Produced::AlreadyDone);
     }

@@ -381,6 +381,19 @@ async fn redelivered_job_with_a_stored_result_is_acknowledged_without_running() 
     let earlier = JobResult::done(job.job_id, "from the first delivery");
     store_result(&stack, &earlier).await;
     stack.send_messages(std::slice::from_ref(&job)).await;
+    // The first delivery, received and let go (visibility 0), as by a worker that stored
+    // the result and then lost the delete: the worker below gets the redelivery.
+    let first = stack
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(&stack.queue_url)
+        .visibility_timeout(0)
+        .wait_time_seconds(10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.messages().len(), 1, "the first delivery");
 
     let observer = Arc::new(Counting::default());
     let worker = start_worker(
@@ -392,6 +405,45 @@ async fn redelivered_job_with_a_stored_result_is_acknowledged_without_running() 
     let metrics = worker.stop().await;
     assert_eq!(metrics.jobs_with(Outcome::AlreadyDone), 1);
     assert_eq!(observer.total_runs(), 0);
+    assert_eq!(
+        metrics.result_conflicts(),
+        0,
+        "it found the result before running"
+    );
+    assert_eq!(
+        result_of(&stack, &job.job_id).await,
+        Some(earlier),
+        "the stored result is kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_first_delivery_runs_but_keeps_the_result_stored_first() {
+    // A first delivery does not look for a stored result (one S3 request less per job); a
+    // duplicate message for a finished job runs again, and the conditional write keeps the
+    // first result.
+    let stack = stack("w-duplicate", 30, None).await;
+    let job = new_job("twice.bin");
+    stack.put_input(&job, b"x".to_vec()).await;
+    let earlier = JobResult::done(job.job_id, "from the first message");
+    store_result(&stack, &earlier).await;
+    stack.send_messages(std::slice::from_ref(&job)).await;
+
+    let observer = Arc::new(Counting::default());
+    let worker = start_worker(
+        &stack,
+        settings(1, ProcessorSettings::Checksum),
+        observer.clone(),
+    );
+    wait_for_empty_queue(&stack).await;
+    let metrics = worker.stop().await;
+    assert_eq!(metrics.jobs_with(Outcome::AlreadyDone), 1);
+    assert_eq!(observer.total_runs(), 1);
+    assert_eq!(
+        metrics.result_conflicts(),
+        1,
+        "the second write found the first"
+    );
     assert_eq!(
         result_of(&stack, &job.job_id).await,
         Some(earlier),
