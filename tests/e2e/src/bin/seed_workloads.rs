@@ -495,7 +495,7 @@ async fn flash_sale(
     let metrics_before = api_server::scrape_metrics(env).await;
     let run = oha(bench, &args).await;
     let breakdown = match (metrics_before, api_server::scrape_metrics(env).await) {
-        (Ok(before), Ok(after)) => Breakdown::between(&before, &after),
+        (Ok(before), Ok(after)) => Breakdown::between(&before, &after, "/jobs"),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("[seed] no latency breakdown: {e}");
             Breakdown::default()
@@ -713,6 +713,12 @@ struct UploadToResult {
     /// Results in the bucket with the upload's checksum.
     done: usize,
     peak_desired: i32,
+    /// Waiters woken by a worker's completion hint, and the waiters' S3 reads (the API
+    /// server's counters over the run).
+    hints_woke: u64,
+    result_polls: u64,
+    /// Where the API server's time went during the run.
+    breakdown: Breakdown,
 }
 
 /// Switches the pool to the `checksum` processor with one warm pod, so the run measures the
@@ -806,6 +812,7 @@ async fn upload_to_result(
         "[seed] upload to result: {} requests, {} at a time, POST /?wait=30 multipart inputFile",
         bench.upload_requests, bench.upload_clients
     );
+    let metrics_before = api_server::scrape_metrics(env).await.unwrap_or_default();
     let run = oha(
         bench,
         &[
@@ -826,6 +833,20 @@ async fn upload_to_result(
     stop_tx.send_replace(true);
     let peak_desired = watcher.await.unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
+    // How the waiters learnt of their results: completion hints, or the S3 poll.
+    let metrics_after = api_server::scrape_metrics(env).await.unwrap_or_default();
+    let counted = |series: &str, labels: &str| {
+        let total = |text: &str| -> f64 {
+            sample_lines(text, series, labels)
+                .iter()
+                .map(|(_, v)| v)
+                .sum()
+        };
+        total(&metrics_after) - total(&metrics_before)
+    };
+    let hints_woke = counted("qwp_api_result_hints_total", r#"outcome="woke""#) as u64;
+    let breakdown = Breakdown::between(&metrics_before, &metrics_after, "/");
+    let result_polls = counted("qwp_api_result_polls_total", "") as u64;
 
     let done = results(stack)
         .await
@@ -848,10 +869,16 @@ async fn upload_to_result(
         run.statuses,
         run.errors
     );
+    eprintln!(
+        "[seed] upload to result: {hints_woke} waiters woken by a hint, {result_polls} S3 polls"
+    );
     UploadToResult {
         oha: run,
         done,
         peak_desired,
+        hints_woke,
+        result_polls,
+        breakdown,
     }
 }
 
@@ -1040,6 +1067,18 @@ fn report_table(
         format!("1 → {} desired", upload.peak_desired),
     );
     row(
+        "waiters woken by a completion hint / S3 polls by waiters",
+        "—",
+        format!("{} / {}", upload.hints_woke, upload.result_polls),
+    );
+    for (what, latency) in &upload.breakdown.rows {
+        row(
+            &format!("API server's own time: {what} (mean / p50 / p99)"),
+            "—",
+            latency.to_string(),
+        );
+    }
+    row(
         "**Status reads** (seed 003 style)",
         "locust, 50 users",
         format!(
@@ -1088,26 +1127,33 @@ impl std::fmt::Display for Latency {
 /// histograms' power-of-two buckets, so they are estimates.
 #[derive(Debug, Default)]
 struct Breakdown {
-    rows: Vec<(&'static str, Latency)>,
+    rows: Vec<(String, Latency)>,
 }
 
 impl Breakdown {
-    fn between(before: &str, after: &str) -> Self {
-        let series: [(&'static str, &str, &str); 3] = [
+    /// `route`: the request's route template as the server labels it (`/jobs`, `/`).
+    fn between(before: &str, after: &str, route: &str) -> Self {
+        let route_label = format!("route=\"{route}\"");
+        let series: [(String, &str, &str); 4] = [
             (
-                "POST /jobs, request in → answer out",
+                format!("{route}, request in → answer out"),
                 "qwp_api_http_request_duration_seconds",
-                r#"route="/jobs""#,
+                &route_label,
             ),
             (
-                "S3 PutObject (input)",
+                "S3 PutObject (input)".into(),
                 "qwp_api_aws_call_duration_seconds",
                 r#"call="s3_put_input""#,
             ),
             (
-                "SQS SendMessage",
+                "SQS SendMessage".into(),
                 "qwp_api_aws_call_duration_seconds",
                 r#"call="sqs_send_message""#,
+            ),
+            (
+                "S3 GetObject (result)".into(),
+                "qwp_api_aws_call_duration_seconds",
+                r#"call="s3_get_result""#,
             ),
         ];
         let rows = series
@@ -1120,15 +1166,20 @@ impl Breakdown {
     }
 }
 
-/// The samples of `name{labels...} value` lines in Prometheus text: the labels after
-/// `labels` (e.g. `,le="0.001"}`) and the value.
+/// The samples of `name{...} value` (or `name value`) lines in Prometheus text whose label
+/// set contains `labels` (in any position: the encoder may put `le` first): the label set and
+/// the value.
 fn sample_lines<'a>(text: &'a str, name: &str, labels: &str) -> Vec<(&'a str, f64)> {
-    let prefix = format!("{name}{{{labels}");
     text.lines()
         .filter_map(|line| {
-            let rest = line.strip_prefix(&prefix)?;
-            let (more_labels, value) = rest.rsplit_once(' ')?;
-            Some((more_labels, value.parse().ok()?))
+            let rest = line.strip_prefix(name)?;
+            let (label_set, value) = match rest.strip_prefix('{') {
+                Some(labelled) => labelled.rsplit_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            label_set
+                .contains(labels)
+                .then_some((label_set, value.trim().parse().ok()?))
         })
         .collect()
 }
@@ -1190,4 +1241,57 @@ fn histogram_delta(before: &str, after: &str, name: &str, labels: &str) -> Optio
         p50_ms: quantile(0.5) * 1e3,
         p99_ms: quantile(0.99) * 1e3,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qwp_api_server::metrics::{CallLabels, Metrics, RouteLabels};
+
+    fn encoded(metrics: &Metrics) -> String {
+        let mut text = String::new();
+        let registry: &prometheus_client::registry::Registry = metrics.as_ref();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_breakdown_reads_the_api_servers_own_histograms_over_the_interval() {
+        let metrics = Metrics::default();
+        let route = RouteLabels {
+            route: "/jobs".into(),
+        };
+        let put = CallLabels {
+            call: "s3_put_input",
+        };
+        // Before the interval: slow answers that must not count.
+        metrics.latency.get_or_create(&route).observe(5.0);
+        let before = encoded(&metrics);
+        for _ in 0..99 {
+            metrics.latency.get_or_create(&route).observe(0.003);
+            metrics.aws_calls.get_or_create(&put).observe(0.0015);
+        }
+        metrics.latency.get_or_create(&route).observe(0.1);
+        metrics.aws_calls.get_or_create(&put).observe(0.1);
+        // Another route of the same histogram is not mixed in.
+        let other = RouteLabels {
+            route: "/jobs/{job_id}".into(),
+        };
+        metrics.latency.get_or_create(&other).observe(9.0);
+        let after = encoded(&metrics);
+
+        let breakdown = Breakdown::between(&before, &after, "/jobs");
+        let rows: BTreeMap<_, _> = breakdown.rows.iter().cloned().collect();
+        let request = rows["/jobs, request in → answer out"];
+        assert!((request.mean_ms - 3.97).abs() < 0.01, "{request:?}");
+        // 0.003 s falls in the (2 ms, 4 ms] bucket; the p99 rank still lies in it.
+        assert!(request.p50_ms > 2.0 && request.p50_ms <= 4.0, "{request:?}");
+        assert!(request.p99_ms > 2.0 && request.p99_ms <= 4.0, "{request:?}");
+        let put = rows["S3 PutObject (input)"];
+        assert!(put.p50_ms > 1.0 && put.p50_ms <= 2.0, "{put:?}");
+        assert!(
+            !rows.contains_key("SQS SendMessage"),
+            "no SendMessage in the interval"
+        );
+    }
 }
