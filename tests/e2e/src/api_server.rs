@@ -189,15 +189,25 @@ impl ApiServer {
 /// which the Service does not expose; the host routes pod IPs on the local cluster),
 /// concatenated; `Err` naming what could not be read.
 pub async fn scrape_metrics(env: &TestEnv) -> Result<String, String> {
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::ListParams;
-    let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
     let selector =
         format!("app.kubernetes.io/name=qwp-api-server,app.kubernetes.io/instance={RELEASE}");
+    scrape_pods(&env.client, &env.ns, &selector).await
+}
+
+/// The Prometheus text of every pod in `ns` matching `selector`, read from its container
+/// port named `admin`, concatenated.
+pub async fn scrape_pods(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+) -> Result<String, String> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::ListParams;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let list = pods
-        .list(&ListParams::default().labels(&selector))
+        .list(&ListParams::default().labels(selector))
         .await
-        .map_err(|e| format!("list the API server pods: {e}"))?;
+        .map_err(|e| format!("list the pods {selector}: {e}"))?;
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -213,7 +223,7 @@ pub async fn scrape_metrics(env: &TestEnv) -> Result<String, String> {
             .find(|p| p.name.as_deref() == Some("admin"))
             .map(|p| p.container_port);
         let (Some(ip), Some(port)) = (ip, admin) else {
-            return Err("an API server pod without an IP or admin port".into());
+            return Err(format!("a pod {selector} without an IP or admin port"));
         };
         let url = format!("http://{ip}:{port}/metrics");
         let body = http

@@ -24,7 +24,7 @@ use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use qwp_e2e::api_server::{self, ApiServer};
-use qwp_e2e::install::ensure_operator_installed;
+use qwp_e2e::install::{OPERATOR_PODS, ensure_operator_installed};
 use qwp_e2e::jobs::{remove_stack, results};
 use qwp_e2e::pool::{PoolOptions, create_aws_secret, pool_object};
 use qwp_e2e::timeline::{Sample, render_png, to_csv};
@@ -155,8 +155,18 @@ async fn run(env: TestEnv, bench: Bench) {
     let flash = flash_sale(&env, &stack, &api, &bench).await;
     let upload = upload_to_result(&env, &stack, &api, &bench).await;
     let status = status_reads(&api, &bench, &flash.finished).await;
+    let idle_sqs_per_hour = idle_pool_sqs_calls(&env).await;
 
-    let table = report_table(&bench, &flash, &upload, &status);
+    let mut table = report_table(&bench, &flash, &upload, &status);
+    let _ = writeln!(
+        table,
+        "| **Idle pool**: the operator's SQS calls per pool per hour, no submissions for {} s | — | {} |",
+        IDLE_WINDOW.as_secs(),
+        idle_sqs_per_hour.map_or_else(
+            |e| format!("not measured: {e}"),
+            |calls| format!("{calls:.0}")
+        ),
+    );
     let notes = format!(
         "Pool: `sleep` {JOB_SECONDS} s per job, concurrency {CONCURRENCY}, minReplicas 0, \
          maxReplicas {MAX_REPLICAS}, {defaults}; queue visibility timeout 30 s; API server: \
@@ -880,6 +890,39 @@ async fn upload_to_result(
         result_polls,
         breakdown,
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. An idle pool's cost
+
+/// How long the idle pool is watched.
+const IDLE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The operator's SQS calls (`qwp_operator_sqs_requests_total`, all replicas) over
+/// [`IDLE_WINDOW`] with no job submitted, as calls per hour: with this run's pool the only
+/// one on the cluster, what one idle pool costs (a queue read per poll; wake-up hints come
+/// only with submissions).
+async fn idle_pool_sqs_calls(env: &TestEnv) -> Result<f64, String> {
+    let s = Settings::get();
+    let calls = || async {
+        let text =
+            api_server::scrape_pods(&env.client, &s.operator_namespace, OPERATOR_PODS).await?;
+        Ok::<f64, String>(
+            sample_lines(&text, "qwp_operator_sqs_requests_total", "")
+                .iter()
+                .map(|(_, v)| v)
+                .sum(),
+        )
+    };
+    eprintln!(
+        "[seed] idle pool: counting the operator's SQS calls for {} s",
+        IDLE_WINDOW.as_secs()
+    );
+    let before = calls().await?;
+    let started = Instant::now();
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let after = calls().await?;
+    Ok((after - before) * 3600.0 / started.elapsed().as_secs_f64())
 }
 
 // ---------------------------------------------------------------------------------------
