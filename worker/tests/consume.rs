@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use aws_sdk_sqs::types::MessageAttributeValue;
 use common::*;
-use qwp_jobs::JobResult;
 use qwp_jobs::result::Outcome as ResultOutcome;
+use qwp_jobs::testing::TestStack;
+use qwp_jobs::{JobMessage, JobResult};
 use qwp_pool::contract::WorkerStatus;
-use qwp_worker::metrics::Outcome;
+use qwp_worker::metrics::{Metrics, Outcome};
 use qwp_worker::processor::checksum;
 use qwp_worker::settings::{ProcessorSettings, SleepDuration};
 use qwp_worker::{Settings, admin};
@@ -373,14 +374,32 @@ async fn long_job_with_a_short_visibility_timeout_runs_once() {
     );
 }
 
+/// A job whose input and `done` result are stored and whose message is on the queue.
+async fn queued_job_with_a_stored_result(stack: &TestStack, name: &str) -> (JobMessage, JobResult) {
+    let job = new_job(name);
+    stack.put_input(&job, b"x".to_vec()).await;
+    let earlier = JobResult::done(job.job_id, "from an earlier attempt");
+    store_result(stack, &earlier).await;
+    stack.send_messages(std::slice::from_ref(&job)).await;
+    (job, earlier)
+}
+
+/// One `checksum` worker until the queue is empty: its metrics and the processor runs.
+async fn drain_with_a_checksum_worker(stack: &TestStack) -> (Arc<Metrics>, Arc<Counting>) {
+    let observer = Arc::new(Counting::default());
+    let worker = start_worker(
+        stack,
+        settings(1, ProcessorSettings::Checksum),
+        observer.clone(),
+    );
+    wait_for_empty_queue(stack).await;
+    (worker.stop().await, observer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_job_with_a_stored_result_is_acknowledged_without_running() {
     let stack = stack("w-redeliver", 30, None).await;
-    let job = new_job("again.jpg");
-    stack.put_input(&job, b"x".to_vec()).await;
-    let earlier = JobResult::done(job.job_id, "from the first delivery");
-    store_result(&stack, &earlier).await;
-    stack.send_messages(std::slice::from_ref(&job)).await;
+    let (job, earlier) = queued_job_with_a_stored_result(&stack, "again.jpg").await;
     // The first delivery, received and let go (visibility 0), as by a worker that stored
     // the result and then lost the delete: the worker below gets the redelivery.
     let first = stack
@@ -395,14 +414,7 @@ async fn redelivered_job_with_a_stored_result_is_acknowledged_without_running() 
         .unwrap();
     assert_eq!(first.messages().len(), 1, "the first delivery");
 
-    let observer = Arc::new(Counting::default());
-    let worker = start_worker(
-        &stack,
-        settings(1, ProcessorSettings::Checksum),
-        observer.clone(),
-    );
-    wait_for_empty_queue(&stack).await;
-    let metrics = worker.stop().await;
+    let (metrics, observer) = drain_with_a_checksum_worker(&stack).await;
     assert_eq!(metrics.jobs_with(Outcome::AlreadyDone), 1);
     assert_eq!(observer.total_runs(), 0);
     assert_eq!(
@@ -423,20 +435,9 @@ async fn a_duplicate_first_delivery_runs_but_keeps_the_result_stored_first() {
     // duplicate message for a finished job runs again, and the conditional write keeps the
     // first result.
     let stack = stack("w-duplicate", 30, None).await;
-    let job = new_job("twice.bin");
-    stack.put_input(&job, b"x".to_vec()).await;
-    let earlier = JobResult::done(job.job_id, "from the first message");
-    store_result(&stack, &earlier).await;
-    stack.send_messages(std::slice::from_ref(&job)).await;
+    let (job, earlier) = queued_job_with_a_stored_result(&stack, "twice.bin").await;
 
-    let observer = Arc::new(Counting::default());
-    let worker = start_worker(
-        &stack,
-        settings(1, ProcessorSettings::Checksum),
-        observer.clone(),
-    );
-    wait_for_empty_queue(&stack).await;
-    let metrics = worker.stop().await;
+    let (metrics, observer) = drain_with_a_checksum_worker(&stack).await;
     assert_eq!(metrics.jobs_with(Outcome::AlreadyDone), 1);
     assert_eq!(observer.total_runs(), 1);
     assert_eq!(

@@ -504,13 +504,8 @@ async fn flash_sale(
     );
     let metrics_before = api_server::scrape_metrics(env).await;
     let run = oha(bench, &args).await;
-    let breakdown = match (metrics_before, api_server::scrape_metrics(env).await) {
-        (Ok(before), Ok(after)) => Breakdown::between(&before, &after, "/jobs"),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("[seed] no latency breakdown: {e}");
-            Breakdown::default()
-        }
-    };
+    let metrics = ApiMetrics::between(metrics_before, api_server::scrape_metrics(env).await);
+    let breakdown = metrics.breakdown("/jobs");
     let accepted = run.count("202");
     eprintln!(
         "[seed] flash sale: {accepted} accepted in {:.1} s ({:.1}/s), p50 {:.0} ms, p99 {:.0} ms, \
@@ -822,7 +817,7 @@ async fn upload_to_result(
         "[seed] upload to result: {} requests, {} at a time, POST /?wait=30 multipart inputFile",
         bench.upload_requests, bench.upload_clients
     );
-    let metrics_before = api_server::scrape_metrics(env).await.unwrap_or_default();
+    let metrics_before = api_server::scrape_metrics(env).await;
     let run = oha(
         bench,
         &[
@@ -844,19 +839,10 @@ async fn upload_to_result(
     let peak_desired = watcher.await.unwrap_or(0);
     let _ = std::fs::remove_dir_all(&dir);
     // How the waiters learnt of their results: completion hints, or the S3 poll.
-    let metrics_after = api_server::scrape_metrics(env).await.unwrap_or_default();
-    let counted = |series: &str, labels: &str| {
-        let total = |text: &str| -> f64 {
-            sample_lines(text, series, labels)
-                .iter()
-                .map(|(_, v)| v)
-                .sum()
-        };
-        total(&metrics_after) - total(&metrics_before)
-    };
-    let hints_woke = counted("qwp_api_result_hints_total", r#"outcome="woke""#) as u64;
-    let breakdown = Breakdown::between(&metrics_before, &metrics_after, "/");
-    let result_polls = counted("qwp_api_result_polls_total", "") as u64;
+    let metrics = ApiMetrics::between(metrics_before, api_server::scrape_metrics(env).await);
+    let hints_woke = metrics.increase("qwp_api_result_hints_total", r#"outcome="woke""#) as u64;
+    let result_polls = metrics.increase("qwp_api_result_polls_total", "") as u64;
+    let breakdown = metrics.breakdown("/");
 
     let done = results(stack)
         .await
@@ -907,12 +893,7 @@ async fn idle_pool_sqs_calls(env: &TestEnv) -> Result<f64, String> {
     let calls = || async {
         let text =
             api_server::scrape_pods(&env.client, &s.operator_namespace, OPERATOR_PODS).await?;
-        Ok::<f64, String>(
-            sample_lines(&text, "qwp_operator_sqs_requests_total", "")
-                .iter()
-                .map(|(_, v)| v)
-                .sum(),
-        )
+        Ok::<f64, String>(sum_of(&text, "qwp_operator_sqs_requests_total", ""))
     };
     eprintln!(
         "[seed] idle pool: counting the operator's SQS calls for {} s",
@@ -1068,13 +1049,7 @@ fn report_table(
         "—",
         format!("{} / {}", flash.results_done, flash.accepted),
     );
-    for (what, latency) in &flash.breakdown.rows {
-        row(
-            &format!("API server's own time: {what} (mean / p50 / p99)"),
-            "—",
-            latency.to_string(),
-        );
-    }
+    flash.breakdown.add_rows(&mut row);
     let u = &upload.oha;
     row(
         "**Upload → result** (seed 000)",
@@ -1114,13 +1089,7 @@ fn report_table(
         "—",
         format!("{} / {}", upload.hints_woke, upload.result_polls),
     );
-    for (what, latency) in &upload.breakdown.rows {
-        row(
-            &format!("API server's own time: {what} (mean / p50 / p99)"),
-            "—",
-            latency.to_string(),
-        );
-    }
+    upload.breakdown.add_rows(&mut row);
     row(
         "**Status reads** (seed 003 style)",
         "locust, 50 users",
@@ -1174,6 +1143,17 @@ struct Breakdown {
 }
 
 impl Breakdown {
+    /// One table row per series: `row(metric, seed, here)`.
+    fn add_rows(&self, row: &mut impl FnMut(&str, &str, String)) {
+        for (what, latency) in &self.rows {
+            row(
+                &format!("API server's own time: {what} (mean / p50 / p99)"),
+                "—",
+                latency.to_string(),
+            );
+        }
+    }
+
     /// `route`: the request's route template as the server labels it (`/jobs`, `/`).
     fn between(before: &str, after: &str, route: &str) -> Self {
         let route_label = format!("route=\"{route}\"");
@@ -1209,6 +1189,45 @@ impl Breakdown {
     }
 }
 
+/// Two scrapes of the API server's metrics around a workload; empty (every figure 0, no
+/// breakdown rows) when either could not be read, which is printed.
+struct ApiMetrics {
+    before: String,
+    after: String,
+}
+
+impl ApiMetrics {
+    fn between(before: Result<String, String>, after: Result<String, String>) -> Self {
+        match (before, after) {
+            (Ok(before), Ok(after)) => ApiMetrics { before, after },
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("[seed] the API server's metrics could not be read: {e}");
+                ApiMetrics {
+                    before: String::new(),
+                    after: String::new(),
+                }
+            }
+        }
+    }
+
+    /// How much the counters `name` with `labels` grew between the scrapes.
+    fn increase(&self, name: &str, labels: &str) -> f64 {
+        sum_of(&self.after, name, labels) - sum_of(&self.before, name, labels)
+    }
+
+    fn breakdown(&self, route: &str) -> Breakdown {
+        Breakdown::between(&self.before, &self.after, route)
+    }
+}
+
+/// The sum of the samples of `name` whose label set contains `labels`.
+fn sum_of(text: &str, name: &str, labels: &str) -> f64 {
+    sample_lines(text, name, labels)
+        .iter()
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// The samples of `name{...} value` (or `name value`) lines in Prometheus text whose label
 /// set contains `labels` (in any position: the encoder may put `le` first): the label set and
 /// the value.
@@ -1229,11 +1248,7 @@ fn sample_lines<'a>(text: &'a str, name: &str, labels: &str) -> Vec<(&'a str, f6
 
 /// The interval's mean and p50/p99 of a histogram from two scrapes; `None` without samples.
 fn histogram_delta(before: &str, after: &str, name: &str, labels: &str) -> Option<Latency> {
-    let total = |text: &str, suffix: &str| {
-        sample_lines(text, &format!("{name}_{suffix}"), labels)
-            .first()
-            .map_or(0.0, |(_, v)| *v)
-    };
+    let total = |text: &str, suffix: &str| sum_of(text, &format!("{name}_{suffix}"), labels);
     let count = total(after, "count") - total(before, "count");
     if count <= 0.0 {
         return None;
