@@ -43,6 +43,23 @@ pub async fn pool_status(client: &Client, ns: &str, name: &str) -> Option<QueueW
         .and_then(|p| p.status)
 }
 
+/// Waits (at most 60 s) for the operator's first reading of the pool's queue: its status
+/// shows a backlog.
+pub async fn first_queue_reading(client: &Client, ns: &str, pool: &str) {
+    until(
+        "the operator's first reading of the queue",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            match pool_status(client, ns, pool).await {
+                Some(status) if status.backlog.is_some() => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
 pub async fn deployment(client: &Client, ns: &str, name: &str) -> Option<Deployment> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     deployments.get_opt(name).await.ok().flatten()

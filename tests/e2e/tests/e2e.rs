@@ -23,8 +23,8 @@ use qwp_e2e::proxy::OutageProxy;
 use qwp_e2e::removals::{Removal, RemovalWatch, is_ready};
 use qwp_e2e::timeline::{Sample, render_png, to_csv};
 use qwp_e2e::wait::{
-    collect_until, condition, desired_replica_changes, first_matching, pool_status,
-    ready_condition_changes, ready_replica_changes, replica_changes, replicas,
+    collect_until, condition, desired_replica_changes, first_matching, first_queue_reading,
+    pool_status, ready_condition_changes, ready_replica_changes, replica_changes, replicas,
     template_image_changes, until,
 };
 use qwp_e2e::{Settings, TestEnv, with_temp_ns};
@@ -329,13 +329,7 @@ async fn t3_burst_of_500_jobs_scales_out_completes_and_scales_back() {
         options.scale_down_window_seconds = 20;
         options.poll_interval_seconds = 2;
         create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
-        until("the operator's first reading of the queue", Duration::from_secs(60), HALF_SECOND, || async {
-            match pool_status(&env.client, &env.ns, "burst").await {
-                Some(s) if s.backlog.is_some() => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
+        first_queue_reading(&env.client, &env.ns, "burst").await;
 
         let started = Instant::now();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -1340,13 +1334,7 @@ async fn t14_a_job_through_the_api_server_wakes_a_pool_at_zero_before_its_next_p
         let created = Instant::now();
         create_pool(&env.client, &env.ns, &pool_object(&stack, &options)).await;
         // The first reconcile read the (empty) queue: the next poll is POLL_SECONDS away.
-        until("the pool's first reconcile", Duration::from_secs(60), HALF_SECOND, || async {
-            match pool_status(&env.client, &env.ns, "wake").await {
-                Some(status) if status.backlog.is_some() => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        })
-        .await;
+        first_queue_reading(&env.client, &env.ns, "wake").await;
         let api = api_server::install(&env, &stack).await;
         let scaled = tokio::spawn(first_matching(
             "spec.replicas 1",

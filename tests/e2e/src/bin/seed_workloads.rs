@@ -28,7 +28,7 @@ use qwp_e2e::install::{OPERATOR_PODS, ensure_operator_installed};
 use qwp_e2e::jobs::{remove_stack, results};
 use qwp_e2e::pool::{PoolOptions, create_aws_secret, pool_object};
 use qwp_e2e::timeline::{Sample, render_png, to_csv};
-use qwp_e2e::wait::{deployment, pool_status, until};
+use qwp_e2e::wait::{deployment, first_queue_reading, pool_status, until};
 use qwp_e2e::{Settings, TestEnv, with_temp_ns};
 use qwp_jobs::config::{ConfigError, Vars};
 use qwp_jobs::result::Outcome;
@@ -139,18 +139,7 @@ async fn run(env: TestEnv, bench: Bench) {
         pool.spec.scale_up.stabilization_window_seconds
     );
     eprintln!("[seed] pool {POOL} stored with the defaults: {defaults}");
-    until(
-        "the operator's first reading of the queue",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        || async {
-            match pool_status(&env.client, &env.ns, POOL).await {
-                Some(s) if s.backlog.is_some() => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    first_queue_reading(&env.client, &env.ns, POOL).await;
 
     let flash = flash_sale(&env, &stack, &api, &bench).await;
     let upload = upload_to_result(&env, &stack, &api, &bench).await;
